@@ -2,7 +2,9 @@
 //!
 //! (Architecture picture and glossary: see README.md until filled in here.)
 
+pub mod balance;
 pub mod config;
+pub mod control;
 pub mod datapath;
 pub mod demo_backend;
 pub mod table;

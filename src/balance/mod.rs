@@ -1,0 +1,1 @@
+//! Balancing policies: pure code, no I/O, no atomics shared across cores.

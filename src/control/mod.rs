@@ -1,0 +1,1 @@
+//! The control plane: signals, host checks, later the prober, admin API and reload.
