@@ -1,1 +1,2 @@
 //! The control plane: signals, host checks, later the prober, admin API and reload.
+pub mod signals;

@@ -1,1 +1,173 @@
-//! The data path: per-core io_uring workers. Depends only on config, the backend table and metrics.
+//! The data path: one io_uring worker thread per core.
+//!
+//! Each worker owns one ring, one SO_REUSEPORT listening socket per listener, a slab of
+//! connections and a pipe pool. It reads the backend table snapshot (arc-swap) when it picks a
+//! server and shares nothing else with the other workers but the connection counters that enforce
+//! `max_connections`. It depends only on config, the backend table and (later) metrics; the
+//! control plane talks to it through [`DataPath`]: the table it publishes and `shutdown()`.
+//!
+//! Files: `listener` (sockets), `worker` (ring set-up, event loop, accepts, timers), `proxy`
+//! (connect chain, splicing, teardown), `flow` (one direction's pure state machine), `pipes` (pool),
+//! `ops` (what `user_data` means).
+
+mod flow;
+mod listener;
+mod ops;
+mod pipes;
+mod proxy;
+mod worker;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::table::SharedTable;
+
+/// State shared by every worker: limits, live counters and the shutdown flag. Written rarely
+/// (once per connection open/close), never per byte.
+pub struct Shared {
+    pub shutdown: AtomicBool,
+    pub grace: Duration,
+    pub max_connections: u32,
+    pub active: AtomicU32,
+    pub listeners: Vec<ListenerShared>,
+}
+
+pub struct ListenerShared {
+    pub name: String,
+    pub pool: String,
+    pub max_connections: u32,
+    pub active: AtomicU32,
+}
+
+/// A bound listener, as reported at start-up.
+#[derive(Debug, Clone)]
+pub struct BoundListener {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub pool: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataPathError {
+    #[error("listener {name}: cannot bind {addr}: {source}")]
+    Bind { name: String, addr: SocketAddr, source: io::Error },
+    #[error("worker {worker}: {what}: {source}")]
+    Worker { worker: usize, what: &'static str, source: io::Error },
+}
+
+/// The running workers.
+pub struct DataPath {
+    shared: Arc<Shared>,
+    workers: Vec<(JoinHandle<Result<(), DataPathError>>, RawFd)>,
+    pub bound: Vec<BoundListener>,
+}
+
+impl DataPath {
+    /// Binds every listener (one socket per worker) and starts the workers.
+    pub fn start(config: &Config, table: SharedTable) -> Result<DataPath, DataPathError> {
+        let workers = config.runtime.workers.max(1);
+        let mut bound = Vec::new();
+        let mut per_worker_fds: Vec<Vec<RawFd>> = vec![Vec::new(); workers];
+        for l in &config.listeners {
+            let (fds, addr) = listener::bind_group(l.bind, workers).map_err(|source| {
+                close_all(per_worker_fds.iter().flatten().copied());
+                DataPathError::Bind { name: l.name.clone(), addr: l.bind, source }
+            })?;
+            for (w, fd) in fds.into_iter().enumerate() {
+                per_worker_fds[w].push(fd);
+            }
+            bound.push(BoundListener { name: l.name.clone(), addr, pool: l.pool.clone() });
+        }
+        let shared = Arc::new(Shared {
+            shutdown: AtomicBool::new(false),
+            grace: config.runtime.shutdown_grace,
+            max_connections: config.runtime.max_connections,
+            active: AtomicU32::new(0),
+            listeners: config
+                .listeners
+                .iter()
+                .map(|l| ListenerShared {
+                    name: l.name.clone(),
+                    pool: l.pool.clone(),
+                    max_connections: l.max_connections,
+                    active: AtomicU32::new(0),
+                })
+                .collect(),
+        });
+        let mut handles = Vec::with_capacity(workers);
+        for (id, fds) in per_worker_fds.into_iter().enumerate() {
+            let wake = eventfd().map_err(|source| DataPathError::Worker { worker: id, what: "eventfd", source })?;
+            let spec = worker::WorkerSpec {
+                id,
+                workers,
+                listen_fds: fds,
+                wake_fd: wake,
+                table: table.clone(),
+                shared: shared.clone(),
+                max_connections: config.runtime.max_connections,
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("ringlb-w{id}"))
+                .spawn(move || worker::run(spec))
+                .map_err(|source| DataPathError::Worker { worker: id, what: "spawn", source })?;
+            handles.push((handle, wake));
+        }
+        Ok(DataPath { shared, workers: handles, bound })
+    }
+
+    /// Stops accepting; open connections get `shutdown_grace` to finish.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        for (_, wake) in &self.workers {
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes to an eventfd we own.
+            unsafe { libc::write(*wake, (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    /// True when some worker has exited (normally only after `shutdown`).
+    pub fn any_finished(&self) -> bool {
+        self.workers.iter().any(|(h, _)| h.is_finished())
+    }
+
+    pub fn active_connections(&self) -> u32 {
+        self.shared.active.load(Ordering::Relaxed)
+    }
+
+    /// Waits for every worker; returns the first error.
+    pub fn join(self) -> Result<(), DataPathError> {
+        let mut result = Ok(());
+        for (id, (handle, wake)) in self.workers.into_iter().enumerate() {
+            let r = handle.join().unwrap_or_else(|_| {
+                Err(DataPathError::Worker { worker: id, what: "panicked", source: io::Error::other("worker panicked") })
+            });
+            if result.is_ok() {
+                result = r;
+            }
+            close_all([wake]);
+        }
+        result
+    }
+}
+
+fn eventfd() -> io::Result<RawFd> {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn close_all(fds: impl IntoIterator<Item = RawFd>) {
+    for fd in fds {
+        // SAFETY: closing descriptors owned by the data path.
+        unsafe { libc::close(fd) };
+    }
+}

@@ -1,0 +1,561 @@
+//! A proxied connection: the backend connect chain with retries, the two splice flows, and
+//! teardown.
+//!
+//! Ownership: a connection slot owns its client socket (registered slot from accept), its backend
+//! socket (registered slot `layout.backend_slot(slot)`) and, per direction, at most one pipe. It
+//! counts every operation it has in flight (`inflight`, a multishot poll counting once until its
+//! final completion); teardown cancels everything on both sockets, waits for `inflight` to reach
+//! zero, and only then closes the descriptors, returns the pipes and frees the slot. Nothing is
+//! reused while the kernel may still touch it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, squeue, types};
+use tracing::debug;
+
+use super::flow::{Flow, Outcome, Step};
+use super::ops::{self, Op};
+use super::pipes::Pipe;
+use super::worker::Worker;
+use crate::table::BackendTable;
+
+const C2B: usize = 0;
+const B2C: usize = 1;
+
+static ONE: libc::c_int = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Free,
+    Connecting,
+    Proxying,
+    Closing,
+}
+
+/// Why a connection ended (for logs; metrics and the connection log come later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    Done,
+    NoServer,
+    ConnectFailed,
+    ClientError,
+    BackendError,
+    IdleTimeout,
+    Shutdown,
+}
+
+/// The connect chain's five completions, gathered before deciding.
+#[derive(Debug, Clone, Copy, Default)]
+struct ConnectResults {
+    pending: u8,
+    socket: i32,
+    sockopt: i32,
+    connect: i32,
+    timeout: i32,
+}
+
+pub struct Conn {
+    pub gen: u32,
+    pub phase: Phase,
+    listener: usize,
+    pool: usize,
+    pub table: Option<Arc<BackendTable>>,
+    server: usize,
+    tried: Vec<usize>,
+    attempts_left: u32,
+    client: u32,
+    backend_open: bool,
+    inflight: u32,
+    client_poll: bool,
+    backend_poll: bool,
+    flows: [Flow; 2],
+    pipes: [Option<Pipe>; 2],
+    connect: ConnectResults,
+    pub last_active: Instant,
+    pub idle_timeout: Duration,
+    addr: libc::sockaddr_storage,
+    addr_len: libc::socklen_t,
+    timeout_ts: types::Timespec,
+}
+
+impl Conn {
+    pub fn new() -> Conn {
+        Conn {
+            gen: 0,
+            phase: Phase::Free,
+            listener: 0,
+            pool: 0,
+            table: None,
+            server: 0,
+            tried: Vec::new(),
+            attempts_left: 0,
+            client: 0,
+            backend_open: false,
+            inflight: 0,
+            client_poll: false,
+            backend_poll: false,
+            flows: [Flow::new(), Flow::new()],
+            pipes: [None, None],
+            connect: ConnectResults::default(),
+            last_active: Instant::now(),
+            idle_timeout: Duration::MAX,
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            addr: unsafe { std::mem::zeroed() },
+            addr_len: 0,
+            timeout_ts: types::Timespec::new(),
+        }
+    }
+}
+
+impl Default for Conn {
+    fn default() -> Self {
+        Conn::new()
+    }
+}
+
+impl Worker {
+    /// A client was accepted into registered slot `client`.
+    pub fn open_connection(&mut self, listener: usize, client: u32) {
+        let shared = self.shared.clone();
+        self.live += 1;
+        shared.active.fetch_add(1, Ordering::Relaxed);
+        shared.listeners[listener].active.fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = self.alloc_slot() else {
+            // The slab is as large as the accept range, so this cannot happen; close rather than leak.
+            self.push(&[close_entry(client)]);
+            self.live -= 1;
+            shared.active.fetch_sub(1, Ordering::Relaxed);
+            shared.listeners[listener].active.fetch_sub(1, Ordering::Relaxed);
+            return;
+        };
+        let table = self.table.load_full();
+        let pool = table.pool_index(&shared.listeners[listener].pool);
+        let now = self.now;
+        let c = &mut self.conns[slot as usize];
+        c.phase = Phase::Connecting;
+        c.listener = listener;
+        c.client = client;
+        c.backend_open = false;
+        c.inflight = 0;
+        c.client_poll = false;
+        c.backend_poll = false;
+        c.flows = [Flow::new(), Flow::new()];
+        c.pipes = [None, None];
+        c.tried.clear();
+        c.last_active = now;
+        let Some(pool) = pool else {
+            self.begin_close(slot, CloseCause::NoServer);
+            return;
+        };
+        let p = &table.pools[pool];
+        c.pool = pool;
+        c.attempts_left = p.retries + 1;
+        c.idle_timeout = p.idle_timeout;
+        c.timeout_ts = types::Timespec::from(p.connect_timeout);
+        c.table = Some(table);
+        self.connect_next(slot);
+    }
+
+    /// Round robin over the pool's servers with weight > 0, skipping those already tried.
+    fn pick(&mut self, slot: u32) -> Option<usize> {
+        let c = &self.conns[slot as usize];
+        let table = c.table.as_ref()?;
+        let servers = &table.pools[c.pool].servers;
+        let n = servers.len();
+        let cursor = self.rr.get(c.pool).copied().unwrap_or(0);
+        let pick = (0..n).map(|i| (cursor + i) % n).find(|&i| servers[i].weight > 0 && !c.tried.contains(&i))?;
+        if let Some(r) = self.rr.get_mut(c.pool) {
+            *r = pick + 1;
+        }
+        Some(pick)
+    }
+
+    /// Submits the linked chain socket -> setsockopt x2 -> connect (+ link timeout) to the next
+    /// server, or closes the client when no attempt or server is left.
+    fn connect_next(&mut self, slot: u32) {
+        let attempts_left = self.conns[slot as usize].attempts_left;
+        let server = if attempts_left > 0 { self.pick(slot) } else { None };
+        let Some(server) = server else {
+            let cause = if self.conns[slot as usize].tried.is_empty() { CloseCause::NoServer } else { CloseCause::ConnectFailed };
+            self.begin_close(slot, cause);
+            return;
+        };
+        let backend = self.layout.backend_slot(slot);
+        let c = &mut self.conns[slot as usize];
+        c.attempts_left -= 1;
+        c.tried.push(server);
+        c.server = server;
+        let Some(table) = c.table.as_ref() else { return };
+        let addr = table.pools[c.pool].servers[server].addr;
+        let (domain, len) = write_sockaddr(addr, &mut c.addr);
+        c.addr_len = len;
+        c.connect = ConnectResults { pending: 5, ..Default::default() };
+        c.inflight += 5;
+        let gen = c.gen;
+        let ud = |op| ops::encode(op, slot, gen);
+        let Ok(dest) = types::DestinationSlot::try_from_slot_target(backend) else { return };
+        let link = squeue::Flags::IO_LINK;
+        let chain = [
+            opcode::Socket::new(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, libc::IPPROTO_TCP)
+                .file_index(Some(dest))
+                .build()
+                .flags(link)
+                .user_data(ud(Op::Socket)),
+            sockopt(backend, libc::IPPROTO_TCP, libc::TCP_NODELAY).flags(link).user_data(ud(Op::SockOpt)),
+            sockopt(backend, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT).flags(link).user_data(ud(Op::SockOpt)),
+            opcode::Connect::new(types::Fixed(backend), (&c.addr as *const libc::sockaddr_storage).cast(), c.addr_len)
+                .build()
+                .flags(link)
+                .user_data(ud(Op::Connect)),
+            opcode::LinkTimeout::new(&c.timeout_ts).build().user_data(ud(Op::ConnectTimeout)),
+        ];
+        self.push(&chain);
+    }
+
+    pub fn on_conn_completion(&mut self, op: Op, slot: u32, gen: u32, res: i32, more: bool) {
+        let Some(c) = self.conns.get_mut(slot as usize) else { return };
+        if c.gen != gen || c.phase == Phase::Free {
+            debug!(worker = self.id, ?op, slot, "completion for a recycled slot ignored");
+            return;
+        }
+        if !more {
+            c.inflight -= 1;
+        }
+        match op {
+            Op::ClientPoll if !more => c.client_poll = false,
+            Op::BackendPoll if !more => c.backend_poll = false,
+            _ => {}
+        }
+        if c.phase == Phase::Closing {
+            if c.inflight == 0 {
+                self.finish_close(slot);
+            }
+            return;
+        }
+        match op {
+            Op::Socket | Op::SockOpt | Op::Connect | Op::ConnectTimeout => self.on_connect_step(slot, op, res),
+            Op::ClientPoll => self.on_poll(slot, C2B, res),
+            Op::BackendPoll => self.on_poll(slot, B2C, res),
+            Op::BackendPollOut => self.on_pollout(slot, C2B),
+            Op::ClientPollOut => self.on_pollout(slot, B2C),
+            Op::C2bIn => self.on_flow(slot, C2B, res, true),
+            Op::C2bOut => self.on_flow(slot, C2B, res, false),
+            Op::B2cIn => self.on_flow(slot, B2C, res, true),
+            Op::B2cOut => self.on_flow(slot, B2C, res, false),
+            Op::ShutBackend => self.on_shutdown(slot, C2B),
+            Op::ShutClient => self.on_shutdown(slot, B2C),
+            Op::Cancel => {}
+            Op::Accept | Op::AcceptCancel | Op::Tick | Op::Wake | Op::Close => {}
+        }
+    }
+
+    fn on_connect_step(&mut self, slot: u32, op: Op, res: i32) {
+        let c = &mut self.conns[slot as usize];
+        match op {
+            Op::Socket => {
+                c.connect.socket = res;
+                c.backend_open |= res >= 0;
+            }
+            Op::SockOpt if res < 0 && c.connect.sockopt == 0 => c.connect.sockopt = res,
+            Op::Connect => c.connect.connect = res,
+            Op::ConnectTimeout => c.connect.timeout = res,
+            _ => {}
+        }
+        c.connect.pending -= 1;
+        if c.connect.pending > 0 {
+            return;
+        }
+        let r = c.connect;
+        if r.connect == 0 {
+            c.phase = Phase::Proxying;
+            c.last_active = self.now;
+            self.arm_poll(slot, C2B);
+            self.arm_poll(slot, B2C);
+            return;
+        }
+        let reason = if r.socket < 0 {
+            format!("socket: {}", errno_str(r.socket))
+        } else if r.sockopt < 0 {
+            format!("setsockopt: {}", errno_str(r.sockopt))
+        } else if r.timeout == -libc::ETIME {
+            "connect timeout".to_string()
+        } else {
+            errno_str(r.connect)
+        };
+        let server = c.table.as_ref().map(|t| t.pools[c.pool].servers[c.server].name.clone()).unwrap_or_default();
+        let now = self.now;
+        let id = self.id;
+        self.connect_log.warn(now, format_args!("worker {id}: connect to server {server} failed: {reason}"));
+        if r.socket < 0 && matches!(-r.socket, libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS) {
+            // Out of resources locally: another server will not help.
+            self.begin_close(slot, CloseCause::ConnectFailed);
+            return;
+        }
+        self.connect_next(slot);
+    }
+
+    fn arm_poll(&mut self, slot: u32, dir: usize) {
+        let c = &mut self.conns[slot as usize];
+        let (fd, op) = if dir == C2B { (c.client, Op::ClientPoll) } else { (self.layout.backend_slot(slot), Op::BackendPoll) };
+        if dir == C2B {
+            c.client_poll = true;
+        } else {
+            c.backend_poll = true;
+        }
+        c.inflight += 1;
+        let e = opcode::PollAdd::new(types::Fixed(fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
+            .multi(true)
+            .build()
+            .user_data(ops::encode(op, slot, c.gen));
+        self.push(&[e]);
+    }
+
+    fn on_poll(&mut self, slot: u32, dir: usize, res: i32) {
+        let c = &mut self.conns[slot as usize];
+        // Data, FIN, error, or a failed poll: in every case the next splice tells which.
+        let _ = res;
+        c.flows[dir].on_readable();
+        let armed = if dir == C2B { c.client_poll } else { c.backend_poll };
+        if !armed && !c.flows[dir].is_done() {
+            self.arm_poll(slot, dir);
+        }
+        self.drive(slot);
+    }
+
+    fn on_pollout(&mut self, slot: u32, dir: usize) {
+        self.conns[slot as usize].flows[dir].on_writable();
+        self.drive(slot);
+    }
+
+    fn on_flow(&mut self, slot: u32, dir: usize, res: i32, is_in: bool) {
+        let c = &mut self.conns[slot as usize];
+        let outcome = if is_in { c.flows[dir].on_splice_in(res) } else { c.flows[dir].on_splice_out(res) };
+        match outcome {
+            Outcome::Progress => c.last_active = self.now,
+            Outcome::Idle => {}
+            Outcome::Failed(e) => {
+                // A failed read names its source; a failed write its destination.
+                let client_side = (dir == C2B) == is_in;
+                debug!(worker = self.id, slot, error = %errno_str(e), client_side, "connection failed");
+                let cause = if client_side { CloseCause::ClientError } else { CloseCause::BackendError };
+                self.begin_close(slot, cause);
+                return;
+            }
+        }
+        self.drive(slot);
+    }
+
+    fn on_shutdown(&mut self, slot: u32, dir: usize) {
+        // A failed shutdown (peer already gone) ends the flow just the same.
+        self.conns[slot as usize].flows[dir].on_shutdown();
+        self.drive(slot);
+    }
+
+    /// Submits whatever both flows can do now; closes the connection when both are done.
+    pub fn drive(&mut self, slot: u32) {
+        for dir in [C2B, B2C] {
+            loop {
+                let mut steps = std::mem::take(&mut self.steps);
+                steps.clear();
+                self.conns[slot as usize].flows[dir].next_steps(&mut steps);
+                let mut again = false;
+                for &step in &steps {
+                    again |= self.execute(slot, dir, step);
+                }
+                self.steps = steps;
+                if !again {
+                    break;
+                }
+            }
+        }
+        let c = &self.conns[slot as usize];
+        if c.phase == Phase::Proxying && c.flows[C2B].is_done() && c.flows[B2C].is_done() {
+            self.begin_close(slot, CloseCause::Done);
+        }
+    }
+
+    /// Performs one step; returns true when the flow should be asked again (it got a pipe).
+    fn execute(&mut self, slot: u32, dir: usize, step: Step) -> bool {
+        let backend = self.layout.backend_slot(slot);
+        let c = &mut self.conns[slot as usize];
+        let (src, dst) = if dir == C2B { (c.client, backend) } else { (backend, c.client) };
+        let gen = c.gen;
+        let flags = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE;
+        let entry = match step {
+            Step::NeedPipe => {
+                let got = self.pipes.get(&self.ring.submitter());
+                match got {
+                    Ok(Some(pipe)) => {
+                        let c = &mut self.conns[slot as usize];
+                        c.pipes[dir] = Some(pipe);
+                        c.flows[dir].on_pipe();
+                        return true;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let now = self.now;
+                        let id = self.id;
+                        self.pipe_log.warn(now, format_args!("worker {id}: cannot create a pipe: {e}"));
+                    }
+                }
+                self.pipe_waiters.push_back((slot, gen, dir));
+                return false;
+            }
+            Step::ReleasePipe => {
+                if let Some(pipe) = c.pipes[dir].take() {
+                    self.pipes.put(&self.ring.submitter(), pipe);
+                    self.wake_pipe_waiter();
+                }
+                return false;
+            }
+            Step::SpliceIn { len } => {
+                let Some(pipe) = c.pipes[dir] else { return false };
+                let op = if dir == C2B { Op::C2bIn } else { Op::B2cIn };
+                opcode::Splice::new(types::Fixed(src), -1, types::Fixed(pipe.write()), -1, len)
+                    .flags(flags)
+                    .build()
+                    .user_data(ops::encode(op, slot, gen))
+            }
+            Step::SpliceOut { len } => {
+                let Some(pipe) = c.pipes[dir] else { return false };
+                let op = if dir == C2B { Op::C2bOut } else { Op::B2cOut };
+                opcode::Splice::new(types::Fixed(pipe.read()), -1, types::Fixed(dst), -1, len)
+                    .flags(flags)
+                    .build()
+                    .user_data(ops::encode(op, slot, gen))
+            }
+            Step::ArmPollOut => {
+                let op = if dir == C2B { Op::BackendPollOut } else { Op::ClientPollOut };
+                opcode::PollAdd::new(types::Fixed(dst), libc::POLLOUT as u32).build().user_data(ops::encode(op, slot, gen))
+            }
+            Step::ShutdownDst => {
+                let op = if dir == C2B { Op::ShutBackend } else { Op::ShutClient };
+                opcode::Shutdown::new(types::Fixed(dst), libc::SHUT_WR).build().user_data(ops::encode(op, slot, gen))
+            }
+        };
+        c.inflight += 1;
+        self.push(&[entry]);
+        false
+    }
+
+    fn wake_pipe_waiter(&mut self) {
+        while let Some((slot, gen, dir)) = self.pipe_waiters.pop_front() {
+            let Some(c) = self.conns.get_mut(slot as usize) else { continue };
+            if c.gen != gen || c.phase != Phase::Proxying || !c.flows[dir].is_waiting_pipe() {
+                continue;
+            }
+            // Let the flow ask again; it will get the pipe just returned.
+            c.flows[dir].clear_waiting_pipe();
+            self.drive(slot);
+            return;
+        }
+    }
+
+    /// Periodic retry for flows parked on the pipe pool (e.g. after pipe creation failed).
+    pub fn retry_pipe_waiters(&mut self) {
+        let n = self.pipe_waiters.len();
+        for _ in 0..n {
+            let before = self.pipe_waiters.len();
+            self.wake_pipe_waiter();
+            if self.pipe_waiters.len() >= before {
+                break;
+            }
+        }
+    }
+
+    /// Starts teardown: cancel everything on both sockets; `finish_close` runs at zero in flight.
+    pub fn begin_close(&mut self, slot: u32, cause: CloseCause) {
+        let backend = self.layout.backend_slot(slot);
+        let c = &mut self.conns[slot as usize];
+        if matches!(c.phase, Phase::Closing | Phase::Free) {
+            return;
+        }
+        debug!(worker = self.id, slot, ?cause, "closing");
+        c.phase = Phase::Closing;
+        if c.inflight == 0 {
+            self.finish_close(slot);
+            return;
+        }
+        let gen = c.gen;
+        let mut entries = vec![cancel_fd(c.client, slot, gen)];
+        if c.backend_open {
+            entries.push(cancel_fd(backend, slot, gen));
+        }
+        c.inflight += entries.len() as u32;
+        self.push(&entries);
+    }
+
+    /// Last completion arrived: close the sockets, give back the pipes, free the slot.
+    fn finish_close(&mut self, slot: u32) {
+        let backend = self.layout.backend_slot(slot);
+        let c = &mut self.conns[slot as usize];
+        let mut entries = vec![close_entry(c.client)];
+        if c.backend_open {
+            entries.push(close_entry(backend));
+        }
+        let listener = c.listener;
+        let pipes = [c.pipes[0].take(), c.pipes[1].take()];
+        let flows_empty = [c.flows[0].in_pipe == 0, c.flows[1].in_pipe == 0];
+        self.push(&entries);
+        for (pipe, empty) in pipes.into_iter().zip(flows_empty) {
+            if let Some(pipe) = pipe {
+                if empty {
+                    self.pipes.put(&self.ring.submitter(), pipe);
+                } else {
+                    self.pipes.destroy(&self.ring.submitter(), pipe);
+                }
+                self.wake_pipe_waiter();
+            }
+        }
+        self.release_slot(slot);
+        self.live -= 1;
+        self.shared.active.fetch_sub(1, Ordering::Relaxed);
+        self.shared.listeners[listener].active.fetch_sub(1, Ordering::Relaxed);
+        self.update_accepts();
+    }
+}
+
+fn sockopt(slot: u32, level: libc::c_int, name: libc::c_int) -> squeue::Entry {
+    opcode::SetSockOpt::new(
+        types::Fixed(slot),
+        level as u32,
+        name as u32,
+        (&ONE as *const libc::c_int).cast(),
+        std::mem::size_of::<libc::c_int>() as u32,
+    )
+    .build()
+}
+
+fn cancel_fd(slot: u32, conn: u32, gen: u32) -> squeue::Entry {
+    opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(slot)).all())
+        .build()
+        .user_data(ops::encode(Op::Cancel, conn, gen))
+}
+
+fn close_entry(slot: u32) -> squeue::Entry {
+    opcode::Close::new(types::Fixed(slot)).build().user_data(ops::encode(Op::Close, 0, 0))
+}
+
+fn errno_str(res: i32) -> String {
+    std::io::Error::from_raw_os_error(-res).to_string()
+}
+
+/// Writes `addr` as a C sockaddr; returns (domain, length).
+fn write_sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_storage) -> (i32, libc::socklen_t) {
+    let sa = socket2::SockAddr::from(addr);
+    let len = sa.len();
+    // SAFETY: SockAddr holds a valid sockaddr of `len` bytes, and sockaddr_storage is large
+    // enough for any of them.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            sa.as_ptr().cast::<u8>(),
+            (out as *mut libc::sockaddr_storage).cast::<u8>(),
+            len as usize,
+        );
+    }
+    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    (domain, len)
+}
