@@ -36,7 +36,17 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { .. } | Command::Check { .. } | Command::DemoBackend { .. } => {
+        Command::Check { config } => match ringlb::config::load(&config) {
+            Ok(config) => {
+                print!("{}", config.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { .. } | Command::DemoBackend { .. } => {
             eprintln!("ringlb: not yet implemented");
             ExitCode::FAILURE
         }
