@@ -55,7 +55,17 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { .. } | Command::DemoBackend { .. } => {
+        Command::Check { config } => match ringlb::config::load(&config) {
+            Ok(config) => {
+                print!("{}", config.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::DemoBackend { .. } => {
             eprintln!("ringlb: not yet implemented");
             ExitCode::FAILURE
         }

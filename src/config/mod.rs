@@ -2,10 +2,55 @@
 //!
 //! Owns parsing, defaults and validation. Every error names the file, line, column and key.
 //! It never touches sockets or the data path; resolving server host names is the only I/O.
+//!
+//! The pipeline is `raw` (serde structs mirroring the file, every value with its span) ->
+//! `validate` (defaults, ranges, cross references, name resolution) -> the typed structs below.
+//! `locate` turns spans into `line:column` and, with the key map of `document`, names the key of
+//! serde's own errors.
 
-use std::net::SocketAddr;
+mod document;
+mod duration;
+mod locate;
+mod raw;
+mod summary;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use duration::DurationError;
+pub use locate::{KeyPath, Position};
+
+/// `runtime.workers` when absent; 0 means one worker per online core.
+pub const DEFAULT_WORKERS: usize = 0;
+/// Upper bound of `runtime.workers`, a guard against typos (each worker owns a ring and its
+/// descriptor table).
+pub const MAX_WORKERS: usize = 1024;
+/// `runtime.max_connections` when absent.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 100_000;
+/// `runtime.shutdown_grace` when absent.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// `admin.bind` when absent: loopback only, the admin endpoints are not for the outside.
+pub const DEFAULT_ADMIN_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9900);
+/// `pools.*.balance` when absent.
+pub const DEFAULT_BALANCE: Balance = Balance::RoundRobin;
+/// `pools.*.connect_timeout` when absent.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// `pools.*.idle_timeout` when absent.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// `pools.*.retries` when absent.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Upper bound of `pools.*.retries`, a guard against typos.
+pub const MAX_RETRIES: u32 = 100;
+/// `pools.*.servers[].weight` when absent.
+pub const DEFAULT_WEIGHT: u32 = 1;
+/// Upper bound of `pools.*.servers[].weight`.
+pub const MAX_WEIGHT: u32 = 256;
 
 /// A validated configuration. Listeners and pools are kept in file order of their names
 /// (sorted, as TOML tables are maps).
@@ -49,6 +94,15 @@ pub enum Balance {
     RoundRobin,
 }
 
+impl Balance {
+    /// The spelling used in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round-robin",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub name: String,
@@ -71,14 +125,180 @@ pub struct ServerConfig {
     pub weight: u32,
 }
 
-/// Reads and validates a configuration file.
+/// Reads and validates a configuration file. Server host names are resolved with the system
+/// resolver.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let _ = path;
-    todo!("config loading")
+    let read_error = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let bytes = std::fs::read(path).map_err(read_error)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        // The prefix is valid UTF-8 by definition; the fallback only keeps this free of panics.
+        let valid = std::str::from_utf8(valid).unwrap_or_default();
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            at: Position::of(valid, valid.len()),
+            problem: Box::new(Problem::Syntax("not valid UTF-8".to_owned())),
+        }
+    })?;
+    parse(&text, path)
 }
 
+/// Validates configuration text; `path` is only used in messages and kept in [`Config::path`].
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    parse_with(text, path, &system_resolve)
+}
+
+/// Turns a host name and port into addresses. The first address is the one used.
+pub(crate) type Resolve<'a> = &'a dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>>;
+
+fn system_resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    Ok((host, port).to_socket_addrs()?.collect())
+}
+
+/// [`parse`] with a chosen resolver, so that tests never depend on DNS.
+pub(crate) fn parse_with(text: &str, path: &Path, resolve: Resolve) -> Result<Config, ConfigError> {
+    let invalid = |(offset, problem)| ConfigError::Invalid {
+        path: path.to_owned(),
+        at: Position::of(text, offset),
+        problem: Box::new(problem),
+    };
+    // The untyped read accepts any valid TOML, so its failure is a syntax error; it is also the
+    // map that names the key of a serde error in the typed read.
+    let document: document::Document =
+        toml::from_str(text).map_err(|e| invalid(locate::explain(&e, None)))?;
+    let raw: raw::RawConfig =
+        toml::from_str(text).map_err(|e| invalid(locate::explain(&e, Some(&document))))?;
+    validate::validate(raw, text, path, resolve).map_err(invalid)
+}
+
+/// Why a configuration was refused. Displays as one line: `FILE: reason` when the file could not
+/// be read, `FILE:LINE:COLUMN: problem` otherwise.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("{}: {}", path.display(), io_reason(source))]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{}:{at}: {problem}", path.display())]
+    Invalid {
+        path: PathBuf,
+        at: Position,
+        problem: Box<Problem>,
+    },
+}
+
+impl ConfigError {
+    /// The problem and its position, for errors found in the text.
+    pub fn problem(&self) -> Option<(Position, &Problem)> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Invalid { at, problem, .. } => Some((*at, &**problem)),
+        }
+    }
+}
+
+/// The system's words for an I/O error without Rust's " (os error N)" suffix, as `nginx -t` or
+/// `cat` would say it.
+fn io_reason(error: &io::Error) -> String {
+    let text = error.to_string();
+    match error.raw_os_error() {
+        Some(code) => text
+            .strip_suffix(&format!(" (os error {code})"))
+            .unwrap_or(&text)
+            .to_owned(),
+        None => text,
+    }
+}
+
+/// What is wrong in the configuration text. Every variant that concerns a key names it by its full
+/// path (`pools.web.connect_timeout`); the position is carried by [`ConfigError::Invalid`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    /// Not TOML (or not UTF-8), in the TOML parser's words.
     #[error("{0}")]
-    Todo(String),
+    Syntax(String),
+    #[error("unknown key `{key}` in {}, {}", table.table(), expected_keys(expected))]
+    UnknownKey {
+        key: String,
+        table: KeyPath,
+        expected: String,
+    },
+    #[error("missing key `{key}` in {}", table.table())]
+    MissingKey { table: KeyPath, key: String },
+    /// A value of the wrong TOML type, in serde's words.
+    #[error("{key}: {message}")]
+    BadValue { key: KeyPath, message: String },
+    #[error("{key}: must be between {min} and {max}, got {value}")]
+    OutOfRange {
+        key: KeyPath,
+        value: i64,
+        min: i64,
+        max: i64,
+    },
+    #[error("{key}: invalid duration {text:?} ({})", duration_hint(*reason))]
+    BadDuration {
+        key: KeyPath,
+        text: String,
+        reason: DurationError,
+    },
+    #[error("{key}: must be longer than 0ms")]
+    ZeroDuration { key: KeyPath },
+    #[error("{key}: invalid socket address {text:?} (use e.g. \"0.0.0.0:8080\" or \"[::]:8080\")")]
+    BadBind { key: KeyPath, text: String },
+    /// Two binds on one address; `first` says where the other one is.
+    #[error("{key}: {bind} is already the bind of {first}")]
+    DuplicateBind {
+        key: KeyPath,
+        bind: SocketAddr,
+        first: String,
+    },
+    #[error("{key}: no pool named {pool:?}")]
+    NoSuchPool { key: KeyPath, pool: String },
+    #[error("{key}: unknown balance {text:?}, expected round-robin")]
+    UnknownBalance { key: KeyPath, text: String },
+    #[error("{pool}: no servers (add a [[{pool}.servers]] table with an addr)")]
+    NoServers { pool: KeyPath },
+    #[error("{key}: invalid address {addr:?}: {reason}")]
+    BadAddr {
+        key: KeyPath,
+        addr: String,
+        reason: String,
+    },
+    #[error("{key}: cannot resolve {addr:?}: {reason}")]
+    Unresolved {
+        key: KeyPath,
+        addr: String,
+        reason: String,
+    },
+    #[error("{key}: server name {name:?} is already used in {pool} on line {first_line}")]
+    DuplicateServerName {
+        key: KeyPath,
+        name: String,
+        pool: KeyPath,
+        first_line: usize,
+    },
+    #[error("{key}: invalid name {name:?} ({rule})")]
+    BadName {
+        key: KeyPath,
+        name: String,
+        rule: &'static str,
+    },
+    #[error("no listeners: add a [listeners.NAME] table with a bind and a pool")]
+    NoListeners,
+}
+
+fn expected_keys(expected: &str) -> String {
+    if expected.is_empty() {
+        "which takes no keys".to_owned()
+    } else {
+        format!("expected one of {expected}")
+    }
+}
+
+fn duration_hint(reason: DurationError) -> String {
+    match reason {
+        DurationError::Overflow => reason.to_string(),
+        _ => r#"use e.g. "500ms", "2s", "5m", "1h""#.to_owned(),
+    }
 }
