@@ -1,1 +1,3 @@
 //! The control plane: signals, host checks, later the prober, admin API and reload.
+
+pub mod hostcheck;
