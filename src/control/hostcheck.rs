@@ -43,6 +43,9 @@ pub const MIN_LISTEN_BACKLOG: u64 = 4096;
 pub const ACCEPT_QUEUE_SHARE: u64 = 8;
 /// Page size assumed when converting pages to bytes.
 const PAGE_SIZE: u64 = 4096;
+/// Minimum receive plus send buffer of one socket (`tcp_rmem[0] + tcp_wmem[0]` in every
+/// profile and by default): what the kernel still grants each socket under memory pressure.
+pub const SOCKET_MIN_BUFFER_BYTES: u64 = 4096 + 4096;
 
 /// The load the host is checked against.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +126,11 @@ impl HostLoad {
         share.next_power_of_two().max(MIN_LISTEN_BACKLOG)
     }
 
+    /// `net.ipv4.tcp_mem` ceiling (pages) for every socket holding its minimum buffers at once.
+    pub fn tcp_mem_pages_needed(&self) -> u64 {
+        SOCKETS_PER_CONNECTION * self.max_connections * SOCKET_MIN_BUFFER_BYTES / PAGE_SIZE
+    }
+
     /// `fs.pipe-user-pages-soft` for every pipe of every worker at its default size.
     pub fn pipe_pages_needed(&self) -> u64 {
         self.pipes_per_worker * self.workers() * PIPE_DEFAULT_PAGES
@@ -184,6 +192,8 @@ pub struct HostSnapshot {
     pub port_range: Option<(u64, u64)>,
     pub tcp_tw_reuse: Option<u64>,
     pub pipe_user_pages_soft: Option<u64>,
+    /// Third field of `net.ipv4.tcp_mem`: pages all TCP sockets may hold before allocations fail.
+    pub tcp_mem_max: Option<u64>,
     /// `net.netfilter.nf_conntrack_max`; `None` when conntrack is not loaded.
     pub conntrack_max: Option<u64>,
     pub uring: UringFacts,
@@ -484,6 +494,22 @@ fn memory_rows(load: &HostLoad, snap: &HostSnapshot, rows: &mut Vec<Row>) {
         .advise(format!(
             "{} pipes x {PIPE_DEFAULT_PAGES} pages; past the limit new pipes get 2 pages",
             load.pipes_per_worker * load.workers()
+        )),
+    );
+
+    let pages = load.tcp_mem_pages_needed();
+    rows.push(
+        row(
+            "net.ipv4.tcp_mem (max pages)",
+            show(snap.tcp_mem_max),
+            format!(">= {pages}"),
+            at_least(snap.tcp_mem_max, pages),
+            Severity::Soft,
+        )
+        .advise(format!(
+            "past this every TCP allocation fails; it should cover {} sockets with data queued \
+             at their minimum buffers (sized from RAM by the kernel: see tuning/README.md)",
+            SOCKETS_PER_CONNECTION * load.max_connections
         )),
     );
 

@@ -141,6 +141,15 @@ pub fn parse_port_range(text: &str) -> Option<(u64, u64)> {
     Some((low, high))
 }
 
+/// Parses `net.ipv4.tcp_mem` ("min pressure max", in pages) into the max.
+pub fn parse_tcp_mem_max(text: &str) -> Option<u64> {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    match fields.as_slice() {
+        [_, _, max] => max.parse().ok(),
+        _ => None,
+    }
+}
+
 /// Parses `fs/file-nr` ("allocated unused max") into the allocated count.
 pub fn parse_file_nr(text: &str) -> Option<u64> {
     text.split_whitespace().next()?.parse().ok()
@@ -197,6 +206,9 @@ pub fn read_snapshot() -> HostSnapshot {
             .and_then(parse_port_range),
         tcp_tw_reuse: sysctl_u64("net.ipv4.tcp_tw_reuse"),
         pipe_user_pages_soft: sysctl_u64("fs.pipe-user-pages-soft"),
+        tcp_mem_max: read_sysctl("net.ipv4.tcp_mem")
+            .as_deref()
+            .and_then(parse_tcp_mem_max),
         conntrack_max: sysctl_u64("net.netfilter.nf_conntrack_max"),
         uring: uring::probe(kernel),
         kernel_release,
@@ -252,6 +264,8 @@ mod tests {
         assert_eq!(parse_port_range("1024"), None);
         assert_eq!(parse_port_range("1 2 3"), None);
         assert_eq!(parse_file_nr("2144\t0\t2466177\n"), Some(2144));
+        assert_eq!(parse_tcp_mem_max("287901\t383868\t575802\n"), Some(575_802));
+        assert_eq!(parse_tcp_mem_max("1 2"), None);
     }
 
     #[test]

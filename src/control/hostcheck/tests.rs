@@ -33,6 +33,7 @@ fn tuned_host() -> HostSnapshot {
         port_range: Some((1024, 65_535)),
         tcp_tw_reuse: Some(1),
         pipe_user_pages_soft: Some(4_194_304),
+        tcp_mem_max: Some(4_194_304),
         conntrack_max: None,
         uring: UringFacts::all_supported(),
     }
@@ -279,4 +280,26 @@ fn conntrack_row_only_when_loaded() {
     let row = row.expect("conntrack row");
     assert_eq!(row.needed, ">= 250000");
     assert!(row.ok);
+}
+
+#[test]
+fn tcp_mem_must_hold_every_socket_at_its_minimum() {
+    let mut host = tuned_host();
+    // 1M connections: 2M sockets x 8 KiB = 4M pages (16 GiB).
+    let load = HostLoad::new(1_000_000, 4);
+    assert_eq!(load.tcp_mem_pages_needed(), 4_000_000);
+    assert!(find(&evaluate(&load, &host), "net.ipv4.tcp_mem (max pages)").ok);
+    // The kernel's default on a 24 GiB host.
+    host.tcp_mem_max = Some(575_802);
+    let report = evaluate(&load, &host);
+    let row = find(&report, "net.ipv4.tcp_mem (max pages)");
+    assert!(!row.ok);
+    assert_eq!(row.severity, Severity::Soft);
+    assert!(
+        find(
+            &evaluate(&HostLoad::new(100_000, 2), &host),
+            "net.ipv4.tcp_mem (max pages)"
+        )
+        .ok
+    );
 }
