@@ -458,7 +458,7 @@ fn network_rows(load: &HostLoad, snap: &HostSnapshot, rows: &mut Vec<Row>) {
             snap.tcp_tw_reuse == Some(1),
             Severity::Soft,
         )
-        .advise("1 lets backend connects reuse ports in TIME_WAIT (2 = loopback only)"),
+        .advise("1 lets backend connects reuse ports in TIME_WAIT; 2 allows it on loopback only"),
     );
 
     if let Some(max) = snap.conntrack_max {

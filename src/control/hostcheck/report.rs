@@ -93,10 +93,12 @@ impl HostReport {
             }
         }
         let mut out = String::new();
+        let workers = self.load.workers;
         let _ = writeln!(
             out,
-            "host check for {} connections on {} workers",
-            self.load.max_connections, self.load.workers
+            "host check for {} connections on {workers} worker{}",
+            self.load.max_connections,
+            if workers == 1 { "" } else { "s" }
         );
         let header = header.map(str::to_string);
         for line in std::iter::once(&header).chain(&cells) {
