@@ -1,12 +1,16 @@
-//! Host preflight: does this Linux host have the limits and kernel features that a given load needs?
+//! Host preflight: does this host have the limits and kernel features a given load needs?
 //!
 //! Owns the arithmetic that turns `max_connections` and `workers` into needed kernel settings,
 //! the comparison with the live values, and the report (`ringlb check --host`, start-up warnings).
 //! It only reads: it never writes a sysctl or a limit, except [`raise_nofile_limit`], which lifts
 //! this process's own soft descriptor limit to its hard limit when asked to.
 //!
-//! The live values are read by [`live`] into a [`HostSnapshot`]; [`evaluate`] is pure, so every
-//! rule is unit-tested with fixed inputs. tuning/README.md explains the same arithmetic for humans.
+//! The live values are read (module `live`, io_uring probes in `uring`) into a [`HostSnapshot`];
+//! [`evaluate`] is pure, so every rule is unit-tested with fixed inputs. tuning/README.md explains
+//! the same arithmetic for humans.
+//!
+//! The check describes the process it runs in: its limits, its capabilities (root is never
+//! short of locked memory). At start-up, call it after dropping privileges.
 
 mod live;
 mod report;
