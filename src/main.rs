@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 use ringlb::config;
 use ringlb::control::signals::{self, Signal};
+use ringlb::control::{hostcheck, privdrop};
 use ringlb::datapath::DataPath;
 use ringlb::table::{BackendTable, SharedTable};
 use tracing::{error, info, warn};
@@ -32,6 +33,9 @@ enum Command {
     Check {
         #[arg(short = 'c', long = "config", default_value = "conf/ringlb.toml")]
         config: PathBuf,
+        /// Also check the host (limits, sysctls, io_uring) against the load the config allows.
+        #[arg(long)]
+        host: bool,
     },
     /// A tiny HTTP/1.1 keep-alive server answering every request with its name.
     DemoBackend {
@@ -55,20 +59,36 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match ringlb::config::load(&config) {
-            Ok(config) => {
-                print!("{}", config.summary());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Check { config, host } => check(&config, host),
         Command::DemoBackend { .. } => {
             eprintln!("ringlb: not yet implemented");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `ringlb check`: validate the config (like `nginx -t`), and with `--host` the host too.
+fn check(path: &Path, host: bool) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", config.summary());
+    if !host {
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = hostcheck::raise_nofile_limit() {
+        eprintln!("warning: cannot raise the descriptor limit: {e}");
+    }
+    let report = hostcheck::check_host(u64::from(config.runtime.max_connections), config.runtime.workers);
+    print!("{}", report.render_table());
+    if report.fatal() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -77,18 +97,39 @@ fn init_logging() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
+/// The host check at start-up: one warning per gap; only an unusable io_uring stops ringlb
+/// (the data path sizes itself to the descriptor limit it has).
+fn preflight(config: &config::Config) -> Result<(), String> {
+    if let Err(e) = hostcheck::raise_nofile_limit() {
+        warn!("cannot raise the descriptor limit: {e}");
+    }
+    let report = hostcheck::check_host(u64::from(config.runtime.max_connections), config.runtime.workers);
+    for line in report.warnings() {
+        warn!("host: {line}");
+    }
+    if report.io_uring_unusable() {
+        return Err("io_uring is not usable on this host; run `ringlb check --host` for details".to_string());
+    }
+    Ok(())
+}
+
 /// `ringlb run`: start the workers, then serve signals until a clean stop.
 fn run(path: &Path) -> Result<(), String> {
     signals::install().map_err(|e| format!("cannot set up signals: {e}"))?;
     let config = config::load(path).map_err(|e| e.to_string())?;
     let table: SharedTable = Arc::new(ArcSwap::from_pointee(BackendTable::from_config(&config)));
-    let datapath = DataPath::start(&config, table).map_err(|e| e.to_string())?;
+    let listeners = DataPath::bind(&config).map_err(|e| e.to_string())?;
+    if let Some(user) = &config.runtime.user {
+        privdrop::drop_privileges(user).map_err(|e| format!("runtime.user: {e}"))?;
+    }
+    preflight(&config)?;
+    let datapath = DataPath::start(&config, listeners, table).map_err(|e| e.to_string())?;
     for l in &datapath.bound {
         info!("listener {} bound {} -> pool {}", l.name, l.addr, l.pool);
     }
     for p in &config.pools {
         let servers: Vec<String> = p.servers.iter().map(|s| format!("{} ({})", s.name, s.resolved)).collect();
-        info!("pool {}: {:?} over {} servers: {}", p.name, p.balance, p.servers.len(), servers.join(", "));
+        info!("pool {}: {} over {} servers: {}", p.name, p.balance.name(), p.servers.len(), servers.join(", "));
     }
     info!("ringlb running with {} workers", config.runtime.workers);
     let mut stopping = false;

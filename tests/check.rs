@@ -31,12 +31,7 @@ impl Drop for TempConfig {
 }
 
 fn check(file: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ringlb"))
-        .arg("check")
-        .arg("-c")
-        .arg(file)
-        .output()
-        .expect("run ringlb check")
+    Command::new(env!("CARGO_BIN_EXE_ringlb")).arg("check").arg("-c").arg(file).output().expect("run ringlb check")
 }
 
 /// Runs `check` on `text` and returns its single stderr line, asserting exit status 1 and an
@@ -46,16 +41,9 @@ fn check_fails(text: &str) -> (String, String) {
     let output = check(&config.file);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
-    assert!(
-        output.stdout.is_empty(),
-        "stdout: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    assert!(output.stdout.is_empty(), "stdout: {}", String::from_utf8_lossy(&output.stdout));
     assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
-    (
-        config.file.display().to_string(),
-        stderr.trim_end().to_owned(),
-    )
+    (config.file.display().to_string(), stderr.trim_end().to_owned())
 }
 
 const GOOD: &str = r#"[listeners.web]
@@ -76,19 +64,11 @@ fn a_valid_file_exits_0_with_a_summary() {
     let config = TempConfig::new(GOOD);
     let output = check(&config.file);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&output.stderr));
     assert!(output.stderr.is_empty());
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], format!("{}: ok", config.file.display()));
-    assert!(
-        lines.contains(&"listener web 127.0.0.1:0 -> pool web (max 50000 connections)"),
-        "{stdout}"
-    );
+    assert!(lines.contains(&"listener web 127.0.0.1:0 -> pool web (max 50000 connections)"), "{stdout}");
     assert!(
         lines.contains(
             &"pool web: round-robin over 2 servers (127.0.0.1:9001, 127.0.0.1:9002), \
@@ -100,8 +80,7 @@ fn a_valid_file_exits_0_with_a_summary() {
 
 #[test]
 fn an_unknown_key_is_reported_with_its_position() {
-    let (file, line) =
-        check_fails(&GOOD.replace("pool = \"web\"\n", "pool = \"web\"\nbindd = 1\n"));
+    let (file, line) = check_fails(&GOOD.replace("pool = \"web\"\n", "pool = \"web\"\nbindd = 1\n"));
     assert_eq!(
         line,
         format!(
@@ -125,16 +104,13 @@ fn a_bad_duration_is_reported_at_its_value() {
 #[test]
 fn a_missing_pool_is_reported_at_the_reference() {
     let (file, line) = check_fails(&GOOD.replace("pool = \"web\"", "pool = \"api\""));
-    assert_eq!(
-        line,
-        format!(r#"{file}:3:8: listeners.web.pool: no pool named "api""#)
-    );
+    assert_eq!(line, format!(r#"{file}:3:8: listeners.web.pool: no pool named "api""#));
 }
 
 #[test]
 fn a_duplicate_bind_is_reported_at_the_second_listener() {
-    let text = GOOD.replace("127.0.0.1:0", "127.0.0.1:8080")
-        + "[listeners.api]\nbind = \"127.0.0.1:8080\"\npool = \"web\"\n";
+    let text =
+        GOOD.replace("127.0.0.1:0", "127.0.0.1:8080") + "[listeners.api]\nbind = \"127.0.0.1:8080\"\npool = \"web\"\n";
     let (file, line) = check_fails(&text);
     assert_eq!(
         line,
@@ -148,10 +124,7 @@ fn a_duplicate_bind_is_reported_at_the_second_listener() {
 #[test]
 fn a_server_without_addr_is_reported_at_its_table() {
     let (file, line) = check_fails(&GOOD.replace("addr = \"127.0.0.1:9002\"", "weight = 2"));
-    assert_eq!(
-        line,
-        format!("{file}:10:1: missing key `addr` in pools.web.servers[1]")
-    );
+    assert_eq!(line, format!("{file}:10:1: missing key `addr` in pools.web.servers[1]"));
 }
 
 #[test]
@@ -167,31 +140,17 @@ fn a_missing_file_is_one_clean_line() {
     let output = check(&missing);
     assert_eq!(output.status.code(), Some(1));
     assert!(output.stdout.is_empty());
-    assert_eq!(
-        String::from_utf8_lossy(&output.stderr),
-        format!("{}: No such file or directory\n", missing.display())
-    );
+    assert_eq!(String::from_utf8_lossy(&output.stderr), format!("{}: No such file or directory\n", missing.display()));
 }
 
 #[test]
 fn the_shipped_config_passes() {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/ringlb.toml");
     let output = check(&shipped);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("listener web 0.0.0.0:8080 -> pool web"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("(127.0.0.1:9001, 127.0.0.1:9002)"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("listener web 0.0.0.0:8080 -> pool web"), "{stdout}");
+    assert!(stdout.contains("(127.0.0.1:9001, 127.0.0.1:9002)"), "{stdout}");
 
     // And it is the default of `-c`, relative to the working directory.
     let output = Command::new(env!("CARGO_BIN_EXE_ringlb"))

@@ -33,10 +33,7 @@ fn hostcheck_child() {
 }
 
 fn prlimit_available() -> bool {
-    Command::new("prlimit")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new("prlimit").arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 /// Runs the child under `prlimit --nofile=LIMIT` for `spec`.
@@ -46,12 +43,7 @@ fn run_child(nofile: &str, spec: &str) -> Output {
         .arg(format!("--nofile={nofile}"))
         .arg("--")
         .arg(exe)
-        .args([
-            "--exact",
-            "hostcheck_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "hostcheck_child", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, spec)
         .output()
         .expect("run prlimit")
@@ -75,14 +67,8 @@ fn too_few_descriptors_for_10k_connections_fail_the_check() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     // 2 x 10,000 sockets + 2 x 2,500 pipe ends + 64 spare slots in the one ring.
     let row = nofile_line(&stdout);
-    assert!(
-        row.contains("1024 (hard 1024)") && row.contains(">= 25064") && row.ends_with("FAIL"),
-        "{row}"
-    );
-    assert!(
-        stdout.contains("host error: RLIMIT_NOFILE (soft) is 1024 (hard 1024), needs >= 25064"),
-        "{stdout}"
-    );
+    assert!(row.contains("1024 (hard 1024)") && row.contains(">= 25064") && row.ends_with("FAIL"), "{row}");
+    assert!(stdout.contains("host error: RLIMIT_NOFILE (soft) is 1024 (hard 1024), needs >= 25064"), "{stdout}");
 }
 
 #[test]
@@ -109,10 +95,7 @@ fn a_soft_limit_below_the_hard_one_is_raised_first() {
     // What systemd does without LimitNOFILE=: soft 1024, a higher hard limit.
     let out = run_child("1024:20000", "10000 2 raise");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("raised RLIMIT_NOFILE to 20000 (hard 20000)"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("raised RLIMIT_NOFILE to 20000 (hard 20000)"), "{stdout}");
     assert!(nofile_line(&stdout).ends_with("ok"), "{stdout}");
     assert_eq!(out.status.code(), Some(0), "{stdout}");
 }

@@ -47,9 +47,7 @@ fn bind_privileged() -> std::io::Result<TcpListener> {
 /// created with the credentials the process has at that moment.
 fn start_ring_worker() -> io_uring::IoUring {
     let mut ring = io_uring::IoUring::new(4).expect("ring");
-    let nop = io_uring::opcode::Nop::new()
-        .build()
-        .flags(io_uring::squeue::Flags::ASYNC);
+    let nop = io_uring::opcode::Nop::new().build().flags(io_uring::squeue::Flags::ASYNC);
     // SAFETY: a nop refers to no memory.
     unsafe { ring.submission().push(&nop) }.expect("push");
     ring.submit_and_wait(1).expect("submit");
@@ -100,15 +98,10 @@ impl Drop for ChildGuard {
 fn spawn_child(user: &str, early_ring: bool) -> (ChildGuard, mpsc::Receiver<String>) {
     let exe = std::env::current_exe().expect("test executable");
     let mut cmd = Command::new(exe);
-    cmd.args([
-        "--exact",
-        "privdrop_child",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(CHILD_ENV, user)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    cmd.args(["--exact", "privdrop_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, user)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     if early_ring {
         cmd.env(EARLY_RING_ENV, "1");
     }
@@ -165,18 +158,12 @@ fn root_binds_a_privileged_port_drops_to_nobody_and_serves() {
         return;
     };
     let (mut child, rx) = spawn_child("nobody", false);
-    let port: u16 = wait_line(&rx, &["port "])[5..]
-        .parse()
-        .expect("port number");
-    assert_eq!(
-        wait_line(&rx, &["privdrop-ok", "privdrop-failed"]),
-        "privdrop-ok"
-    );
+    let port: u16 = wait_line(&rx, &["port "])[5..].parse().expect("port number");
+    assert_eq!(wait_line(&rx, &["privdrop-ok", "privdrop-failed"]), "privdrop-ok");
 
     let pid = child.0.id();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("child tasks") {
-        let status = std::fs::read_to_string(task.expect("task").path().join("status"))
-            .expect("task status");
+        let status = std::fs::read_to_string(task.expect("task").path().join("status")).expect("task status");
         assert_eq!(status_ids(&status, "Uid:"), [nobody.uid; 4], "{status}");
         assert_eq!(status_ids(&status, "Gid:"), [nobody.gid; 4], "{status}");
         assert_eq!(status_ids(&status, "Groups:"), [nobody.gid], "{status}");
@@ -186,16 +173,9 @@ fn root_binds_a_privileged_port_drops_to_nobody_and_serves() {
     conn.set_read_timeout(Some(WAIT)).expect("timeout");
     let mut reply = String::new();
     conn.read_to_string(&mut reply).expect("reply");
-    let expected_bind = if port < unprivileged_port_start() {
-        "denied"
-    } else {
-        "allowed"
-    };
+    let expected_bind = if port < unprivileged_port_start() { "denied" } else { "allowed" };
     assert!(
-        reply.starts_with(&format!(
-            "uid {} gid {} privileged-bind {expected_bind}",
-            nobody.uid, nobody.gid
-        )),
+        reply.starts_with(&format!("uid {} gid {} privileged-bind {expected_bind}", nobody.uid, nobody.gid)),
         "{reply}"
     );
     assert!(wait_exit(&mut child).success());
@@ -214,10 +194,7 @@ fn a_ring_worker_created_before_the_drop_is_caught() {
     let (mut child, rx) = spawn_child("nobody", true);
     wait_line(&rx, &["port "]);
     let verdict = wait_line(&rx, &["privdrop-ok", "privdrop-failed"]);
-    assert!(
-        verdict.starts_with("privdrop-failed: privileges not dropped: thread"),
-        "{verdict}"
-    );
+    assert!(verdict.starts_with("privdrop-failed: privileges not dropped: thread"), "{verdict}");
     assert!(verdict.contains("iou-wrk"), "{verdict}");
     assert_eq!(wait_exit(&mut child).code(), Some(3));
 }

@@ -9,16 +9,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ringlb::control::hostcheck::{
-    evaluate, parse_port_range, HostLoad, HostSnapshot, Rlimit, IORING_MAX_FIXED_FILES,
-};
+use ringlb::control::hostcheck::{evaluate, parse_port_range, HostLoad, HostSnapshot, Rlimit, IORING_MAX_FIXED_FILES};
 
 /// Profiles, their target N, and the fewest workers each one is written for.
-const PROFILES: [(&str, u64, usize); 3] = [
-    ("10k", 10_000, 1),
-    ("100k", 100_000, 1),
-    ("1m", 1_000_000, 3),
-];
+const PROFILES: [(&str, u64, usize); 3] = [("10k", 10_000, 1), ("100k", 100_000, 1), ("1m", 1_000_000, 3)];
 
 /// Keys every profile must set.
 const REQUIRED: [&str; 16] = [
@@ -86,35 +80,21 @@ fn parse_sysctl_file(path: &Path) -> Vec<Setting> {
             continue;
         }
         let is_comment = previous.starts_with('#') || previous.starts_with(';');
-        let follows_setting = settings
-            .last()
-            .is_some_and(|s: &Setting| previous.contains(&s.key));
-        assert!(
-            is_comment || follows_setting,
-            "{at}: setting without a comment above it"
-        );
+        let follows_setting = settings.last().is_some_and(|s: &Setting| previous.contains(&s.key));
+        assert!(is_comment || follows_setting, "{at}: setting without a comment above it");
         let (ignore_failure, assignment) = match trimmed.strip_prefix('-') {
             Some(rest) => (true, rest),
             None => (false, trimmed),
         };
-        let (key, value) = assignment
-            .split_once('=')
-            .unwrap_or_else(|| panic!("{at}: no '='"));
+        let (key, value) = assignment.split_once('=').unwrap_or_else(|| panic!("{at}: no '='"));
         let key = key.trim();
         assert!(
-            !key.is_empty()
-                && key
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+            !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
             "{at}: bad key {key:?}"
         );
         let value = value.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(!value.is_empty(), "{at}: empty value");
-        settings.push(Setting {
-            key: key.to_string(),
-            value,
-            ignore_failure,
-        });
+        settings.push(Setting { key: key.to_string(), value, ignore_failure });
         previous = trimmed;
     }
     settings
@@ -124,20 +104,14 @@ fn profile(name: &str) -> BTreeMap<String, Setting> {
     let mut map = BTreeMap::new();
     for s in parse_sysctl_file(&profile_path(name)) {
         let key = s.key.clone();
-        assert!(
-            map.insert(key.clone(), s).is_none(),
-            "{name}: {key} set twice"
-        );
+        assert!(map.insert(key.clone(), s).is_none(), "{name}: {key} set twice");
     }
     map
 }
 
 fn number(settings: &BTreeMap<String, Setting>, key: &str) -> u64 {
     let setting = settings.get(key).unwrap_or_else(|| panic!("{key} missing"));
-    setting
-        .value
-        .parse()
-        .unwrap_or_else(|_| panic!("{key} = {} is not a number", setting.value))
+    setting.value.parse().unwrap_or_else(|_| panic!("{key} = {} is not a number", setting.value))
 }
 
 fn proc_path(key: &str) -> PathBuf {
@@ -157,39 +131,19 @@ fn profiles_set_the_required_keys_and_the_same_keys() {
             assert!(settings.contains_key(key), "{name}.conf lacks {key}");
         }
         for (key, setting) in &settings {
-            assert!(
-                !key.starts_with("net.netfilter."),
-                "{name}.conf: {key} belongs in conntrack/"
-            );
-            assert!(
-                !setting.ignore_failure,
-                "{name}.conf: {key} must not hide failures"
-            );
+            assert!(!key.starts_with("net.netfilter."), "{name}.conf: {key} belongs in conntrack/");
+            assert!(!setting.ignore_failure, "{name}.conf: {key} must not hide failures");
         }
         key_sets.push(settings.into_keys().collect::<BTreeSet<_>>());
     }
-    assert!(
-        key_sets.windows(2).all(|w| w[0] == w[1]),
-        "profiles set different keys"
-    );
+    assert!(key_sets.windows(2).all(|w| w[0] == w[1]), "profiles set different keys");
 
     for (name, _, _) in PROFILES {
         let settings = parse_sysctl_file(&conntrack_path(name));
-        assert!(
-            settings.iter().any(|s| s.key == CONNTRACK_MAX),
-            "conntrack/{name}.conf"
-        );
+        assert!(settings.iter().any(|s| s.key == CONNTRACK_MAX), "conntrack/{name}.conf");
         for s in &settings {
-            assert!(
-                s.key.starts_with("net.netfilter."),
-                "conntrack/{name}.conf: {}",
-                s.key
-            );
-            assert!(
-                s.ignore_failure,
-                "conntrack/{name}.conf: {} needs the '-' prefix",
-                s.key
-            );
+            assert!(s.key.starts_with("net.netfilter."), "conntrack/{name}.conf: {}", s.key);
+            assert!(s.ignore_failure, "conntrack/{name}.conf: {} needs the '-' prefix", s.key);
         }
     }
 }
@@ -198,10 +152,7 @@ fn profiles_set_the_required_keys_and_the_same_keys() {
 fn every_key_is_a_sysctl_of_this_kernel() {
     for (name, _, _) in PROFILES {
         for key in profile(name).keys() {
-            assert!(
-                proc_path(key).exists(),
-                "{name}.conf: {key} is not under /proc/sys"
-            );
+            assert!(proc_path(key).exists(), "{name}.conf: {key} is not under /proc/sys");
         }
     }
     if !conntrack_loaded() {
@@ -210,11 +161,7 @@ fn every_key_is_a_sysctl_of_this_kernel() {
     }
     for (name, _, _) in PROFILES {
         for s in parse_sysctl_file(&conntrack_path(name)) {
-            assert!(
-                proc_path(&s.key).exists(),
-                "conntrack/{name}.conf: {} not found",
-                s.key
-            );
+            assert!(proc_path(&s.key).exists(), "conntrack/{name}.conf: {} not found", s.key);
         }
     }
 }
@@ -229,15 +176,11 @@ fn capacities_never_shrink_from_a_smaller_target_to_a_larger_one() {
     let ports: Vec<u64> = profiles
         .iter()
         .map(|p| {
-            let (low, high) =
-                parse_port_range(&p["net.ipv4.ip_local_port_range"].value).expect("port range");
+            let (low, high) = parse_port_range(&p["net.ipv4.ip_local_port_range"].value).expect("port range");
             high - low + 1
         })
         .collect();
-    assert!(
-        ports.windows(2).all(|w| w[0] <= w[1]),
-        "port ranges {ports:?}"
-    );
+    assert!(ports.windows(2).all(|w| w[0] <= w[1]), "port ranges {ports:?}");
 }
 
 /// `LimitNOFILE=` and `LimitMEMLOCK=` (bytes) of the systemd drop-in.
@@ -263,10 +206,7 @@ fn drop_in_limits() -> (u64, u64) {
 #[test]
 fn limits_agree_between_systemd_limits_d_and_the_profiles() {
     let (nofile, memlock) = drop_in_limits();
-    assert_eq!(
-        nofile, IORING_MAX_FIXED_FILES,
-        "a larger limit buys nothing"
-    );
+    assert_eq!(nofile, IORING_MAX_FIXED_FILES, "a larger limit buys nothing");
     let limits = fs::read_to_string(repo().join("tuning/limits.d/ringlb.conf")).expect("limits.d");
     let items: Vec<Vec<&str>> = limits
         .lines()
@@ -275,31 +215,16 @@ fn limits_agree_between_systemd_limits_d_and_the_profiles() {
         .filter(|f: &Vec<&str>| !f.is_empty() && !f[0].starts_with('#'))
         .collect();
     for kind in ["soft", "hard"] {
-        assert!(
-            items.contains(&vec!["ringlb", kind, "nofile", &nofile.to_string()]),
-            "{items:?}"
-        );
+        assert!(items.contains(&vec!["ringlb", kind, "nofile", &nofile.to_string()]), "{items:?}");
         let kib = (memlock >> 10).to_string();
-        assert!(
-            items.contains(&vec!["ringlb", kind, "memlock", &kib]),
-            "{items:?}"
-        );
+        assert!(items.contains(&vec!["ringlb", kind, "memlock", &kib]), "{items:?}");
     }
     let unit = fs::read_to_string(repo().join("conf/ringlb.service")).expect("unit");
-    assert!(
-        unit.contains(&format!("\nLimitNOFILE={nofile}\n")),
-        "unit LimitNOFILE"
-    );
-    assert!(
-        unit.contains("\nLimitMEMLOCK=64M\n") && memlock == 64 << 20,
-        "unit LimitMEMLOCK"
-    );
+    assert!(unit.contains(&format!("\nLimitNOFILE={nofile}\n")), "unit LimitNOFILE");
+    assert!(unit.contains("\nLimitMEMLOCK=64M\n") && memlock == 64 << 20, "unit LimitMEMLOCK");
     for (name, _, _) in PROFILES {
         // systemd cannot set a limit above fs.nr_open: the service would not start.
-        assert!(
-            number(&profile(name), "fs.nr_open") >= nofile,
-            "{name}.conf: fs.nr_open"
-        );
+        assert!(number(&profile(name), "fs.nr_open") >= nofile, "{name}.conf: fs.nr_open");
     }
 }
 
@@ -309,14 +234,8 @@ fn tuned_snapshot(name: &str) -> HostSnapshot {
     let conntrack = parse_sysctl_file(&conntrack_path(name));
     let (nofile, memlock) = drop_in_limits();
     HostSnapshot {
-        nofile: Some(Rlimit {
-            soft: nofile,
-            hard: nofile,
-        }),
-        memlock: Some(Rlimit {
-            soft: memlock,
-            hard: memlock,
-        }),
+        nofile: Some(Rlimit { soft: nofile, hard: nofile }),
+        memlock: Some(Rlimit { soft: memlock, hard: memlock }),
         nr_open: Some(number(&settings, "fs.nr_open")),
         file_max: Some(number(&settings, "fs.file-max")),
         // Files the rest of a busy host keeps open.
@@ -350,11 +269,7 @@ fn each_profile_meets_what_the_host_check_asks_for_its_target() {
         "RLIMIT_MEMLOCK (soft)",
     ];
     // Backend (source address, server) pairs each profile's port range needs (README).
-    let pairs = [
-        "1 (source, backend) pair(s)",
-        "2 (source, backend) pair(s)",
-        "16 (source, backend) pair(s)",
-    ];
+    let pairs = ["1 (source, backend) pair(s)", "2 (source, backend) pair(s)", "16 (source, backend) pair(s)"];
     for ((name, target, min_workers), pairs) in PROFILES.into_iter().zip(pairs) {
         let snapshot = tuned_snapshot(name);
         for workers in [min_workers, min_workers + 1, 16] {
@@ -364,24 +279,14 @@ fn each_profile_meets_what_the_host_check_asks_for_its_target() {
                 let row = row.unwrap_or_else(|| panic!("{name}: no row {setting}"));
                 assert!(row.ok, "{name}.conf, {workers} workers: {row:?}");
             }
-            let ports = report
-                .rows
-                .iter()
-                .find(|r| r.setting == "net.ipv4.ip_local_port_range");
+            let ports = report.rows.iter().find(|r| r.setting == "net.ipv4.ip_local_port_range");
             assert_eq!(ports.map(|r| r.needed.as_str()), Some(pairs), "{name}");
         }
         // The profile's stated minimum worker count is the real one for the ring table.
         if min_workers > 1 {
             let fewer = evaluate(&HostLoad::new(target, min_workers - 1), &snapshot);
-            let table = fewer
-                .rows
-                .iter()
-                .find(|r| r.setting == "registered slots per ring");
-            assert!(
-                table.is_some_and(|r| !r.ok),
-                "{name}: {} workers would fit",
-                min_workers - 1
-            );
+            let table = fewer.rows.iter().find(|r| r.setting == "registered slots per ring");
+            assert!(table.is_some_and(|r| !r.ok), "{name}: {} workers would fit", min_workers - 1);
         }
     }
     assert_eq!(HostLoad::new(1_000_000, 1).min_workers_for_table(), 3);
@@ -390,10 +295,7 @@ fn each_profile_meets_what_the_host_check_asks_for_its_target() {
 /// Whether `tool` runs (`ip` knows only `-V`, the others `--version`).
 fn have(tool: &str) -> bool {
     let flag = if tool == "ip" { "-V" } else { "--version" };
-    Command::new(tool)
-        .arg(flag)
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new(tool).arg(flag).output().is_ok_and(|o| o.status.success())
 }
 
 fn is_root() -> bool {
@@ -430,18 +332,12 @@ impl NetNs {
     fn new() -> NetNs {
         let name = format!("ringlb-test-{}", std::process::id());
         let out = run(Command::new("ip").args(["netns", "add", &name]));
-        assert!(
-            out.status.success(),
-            "ip netns add: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "ip netns add: {}", String::from_utf8_lossy(&out.stderr));
         NetNs(name)
     }
 
     fn exec(&self, args: &[&str]) -> Output {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args))
+        run(Command::new("ip").args(["netns", "exec", &self.0]).args(args))
     }
 
     /// `key -> value` for each key readable inside the namespace (whitespace normalised).
@@ -452,10 +348,7 @@ impl NetNs {
             let out = self.exec(&["cat", &path.to_string_lossy()]);
             if out.status.success() {
                 let text = String::from_utf8_lossy(&out.stdout);
-                values.insert(
-                    key.clone(),
-                    text.split_whitespace().collect::<Vec<_>>().join(" "),
-                );
+                values.insert(key.clone(), text.split_whitespace().collect::<Vec<_>>().join(" "));
             }
         }
         values
@@ -463,10 +356,7 @@ impl NetNs {
 
     /// Keys that exist inside the namespace and are writable there (mode has the owner's w).
     fn writable(&self, keys: &[String]) -> BTreeSet<String> {
-        let paths: Vec<String> = keys
-            .iter()
-            .map(|k| proc_path(k).to_string_lossy().into_owned())
-            .collect();
+        let paths: Vec<String> = keys.iter().map(|k| proc_path(k).to_string_lossy().into_owned()).collect();
         let mut args = vec!["stat", "-c", "%a %n"];
         args.extend(paths.iter().map(String::as_str));
         let out = self.exec(&args);
@@ -475,9 +365,8 @@ impl NetNs {
             .zip(&paths)
             .filter(|(_, path)| {
                 listing.lines().any(|l| {
-                    l.split_once(' ').is_some_and(|(mode, p)| {
-                        p == path.as_str() && mode.starts_with(['6', '7', '2', '3'])
-                    })
+                    l.split_once(' ')
+                        .is_some_and(|(mode, p)| p == path.as_str() && mode.starts_with(['6', '7', '2', '3']))
                 })
             })
             .map(|(key, _)| key.clone())
@@ -495,10 +384,7 @@ fn host_values(keys: &[String]) -> BTreeMap<String, Option<String>> {
     keys.iter()
         .map(|k| {
             let value = fs::read_to_string(proc_path(k)).ok();
-            (
-                k.clone(),
-                value.map(|v| v.split_whitespace().collect::<Vec<_>>().join(" ")),
-            )
+            (k.clone(), value.map(|v| v.split_whitespace().collect::<Vec<_>>().join(" ")))
         })
         .collect()
 }
@@ -516,11 +402,7 @@ fn per_namespace_keys_load_with_sysctl_p_in_a_fresh_network_namespace() {
     let mut all_keys: Vec<String> = Vec::new();
     for (name, _, _) in PROFILES {
         all_keys.extend(profile(name).into_keys());
-        all_keys.extend(
-            parse_sysctl_file(&conntrack_path(name))
-                .into_iter()
-                .map(|s| s.key),
-        );
+        all_keys.extend(parse_sysctl_file(&conntrack_path(name)).into_iter().map(|s| s.key));
     }
     all_keys.sort();
     all_keys.dedup();
@@ -532,72 +414,38 @@ fn per_namespace_keys_load_with_sysctl_p_in_a_fresh_network_namespace() {
         let settings = profile(name);
         let keys: Vec<String> = settings.keys().cloned().collect();
         // Only net.* keys can belong to a network namespace; fs.* are host-wide.
-        let net_keys: Vec<String> = keys
-            .iter()
-            .filter(|k| k.starts_with("net."))
-            .cloned()
-            .collect();
+        let net_keys: Vec<String> = keys.iter().filter(|k| k.starts_with("net.")).cloned().collect();
         let writable = netns.writable(&net_keys);
-        for key in [
-            "net.core.somaxconn",
-            "net.ipv4.ip_local_port_range",
-            "net.ipv4.tcp_rmem",
-            "net.ipv4.ip_nonlocal_bind",
-        ] {
-            assert!(
-                writable.contains(key),
-                "{key} is not per-namespace here: {writable:?}"
-            );
+        for key in
+            ["net.core.somaxconn", "net.ipv4.ip_local_port_range", "net.ipv4.tcp_rmem", "net.ipv4.ip_nonlocal_bind"]
+        {
+            assert!(writable.contains(key), "{key} is not per-namespace here: {writable:?}");
         }
         let file = tmp.0.join(format!("{name}.conf"));
-        let body: String = writable
-            .iter()
-            .map(|k| format!("{k} = {}\n", settings[k].value))
-            .collect();
+        let body: String = writable.iter().map(|k| format!("{k} = {}\n", settings[k].value)).collect();
         fs::write(&file, body).expect("write filtered profile");
 
         let out = netns.exec(&["sysctl", "-p", &file.to_string_lossy()]);
-        assert!(
-            out.status.success(),
-            "{name}: sysctl -p: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{name}: sysctl -p: {}", String::from_utf8_lossy(&out.stderr));
         let loaded = netns.read(&writable.iter().cloned().collect::<Vec<_>>());
         for key in &writable {
-            assert_eq!(
-                loaded.get(key),
-                Some(&settings[key].value),
-                "{name}: {key} in the namespace"
-            );
+            assert_eq!(loaded.get(key), Some(&settings[key].value), "{name}: {key} in the namespace");
         }
 
         // The conntrack file loads without error thanks to '-', but only where its keys cannot
         // be written inside the namespace (then they cannot reach the host either).
-        let conntrack: Vec<String> = parse_sysctl_file(&conntrack_path(name))
-            .into_iter()
-            .map(|s| s.key)
-            .collect();
+        let conntrack: Vec<String> = parse_sysctl_file(&conntrack_path(name)).into_iter().map(|s| s.key).collect();
         let present = netns.read(&conntrack);
         if present.len() == conntrack.len() && netns.writable(&conntrack).is_empty() {
             let path = conntrack_path(name);
             let out = netns.exec(&["sysctl", "-p", &path.to_string_lossy()]);
-            assert!(
-                out.status.success(),
-                "conntrack/{name}.conf: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "conntrack/{name}.conf: {}", String::from_utf8_lossy(&out.stderr));
         } else {
-            eprintln!(
-                "skipped sysctl -p conntrack/{name}.conf: keys absent or writable in a namespace"
-            );
+            eprintln!("skipped sysctl -p conntrack/{name}.conf: keys absent or writable in a namespace");
         }
     }
     drop(netns);
-    assert_eq!(
-        host_values(&all_keys),
-        host_before,
-        "the host's values changed"
-    );
+    assert_eq!(host_values(&all_keys), host_before, "the host's values changed");
 }
 
 #[test]
@@ -609,38 +457,22 @@ fn systemd_unit_and_drop_in_verify_clean() {
     // The unit names /usr/local/bin/ringlb, which does not exist here and which verify
     // checks: verify a copy that runs the binary built for this test instead.
     let unit = fs::read_to_string(repo().join("conf/ringlb.service")).expect("unit");
-    assert_eq!(
-        unit.matches("/usr/local/bin/ringlb ").count(),
-        3,
-        "ExecStartPre, ExecStart, ExecReload"
-    );
+    assert_eq!(unit.matches("/usr/local/bin/ringlb ").count(), 3, "ExecStartPre, ExecStart, ExecReload");
     let tmp = TempDir::new("unit");
     let copy = tmp.0.join("ringlb.service");
-    fs::write(
-        &copy,
-        unit.replace("/usr/local/bin/ringlb", env!("CARGO_BIN_EXE_ringlb")),
-    )
-    .expect("copy");
+    fs::write(&copy, unit.replace("/usr/local/bin/ringlb", env!("CARGO_BIN_EXE_ringlb"))).expect("copy");
     // verify also reads drop-ins from ringlb.service.d/ next to the unit.
     let drop_in = tmp.0.join("ringlb.service.d");
     fs::create_dir_all(&drop_in).expect("drop-in dir");
-    fs::copy(
-        repo().join("tuning/systemd/ringlb.service.d/limits.conf"),
-        drop_in.join("limits.conf"),
-    )
-    .expect("copy drop-in");
+    fs::copy(repo().join("tuning/systemd/ringlb.service.d/limits.conf"), drop_in.join("limits.conf"))
+        .expect("copy drop-in");
 
     let out = run(Command::new("systemd-analyze").arg("verify").arg(&copy));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let ours: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("ringlb") || l.contains(&*tmp.0.to_string_lossy()))
-        .collect();
-    assert!(
-        ours.is_empty(),
-        "systemd-analyze verify complained:\n{stderr}"
-    );
+    let ours: Vec<&str> =
+        stderr.lines().filter(|l| l.contains("ringlb") || l.contains(&*tmp.0.to_string_lossy())).collect();
+    assert!(ours.is_empty(), "systemd-analyze verify complained:\n{stderr}");
 }
 
 #[test]
@@ -651,56 +483,27 @@ fn tune_apply_with_destdir_stages_every_file_and_loads_nothing() {
     }
     let installed = [
         ("tuning/{p}.conf", "etc/sysctl.d/60-ringlb.conf"),
-        (
-            "tuning/conntrack/{p}.conf",
-            "etc/sysctl.d/61-ringlb-conntrack.conf",
-        ),
-        (
-            "tuning/conntrack/90-ringlb-conntrack.rules",
-            "etc/udev/rules.d/90-ringlb-conntrack.rules",
-        ),
-        (
-            "tuning/limits.d/ringlb.conf",
-            "etc/security/limits.d/ringlb.conf",
-        ),
-        (
-            "tuning/systemd/ringlb.service.d/limits.conf",
-            "etc/systemd/system/ringlb.service.d/limits.conf",
-        ),
+        ("tuning/conntrack/{p}.conf", "etc/sysctl.d/61-ringlb-conntrack.conf"),
+        ("tuning/conntrack/90-ringlb-conntrack.rules", "etc/udev/rules.d/90-ringlb-conntrack.rules"),
+        ("tuning/limits.d/ringlb.conf", "etc/security/limits.d/ringlb.conf"),
+        ("tuning/systemd/ringlb.service.d/limits.conf", "etc/systemd/system/ringlb.service.d/limits.conf"),
     ];
     for (name, _, _) in PROFILES {
         let stage = TempDir::new(&format!("stage-{name}"));
         let destdir = stage.0.to_string_lossy().into_owned();
-        assert!(
-            destdir.starts_with('/') && destdir.len() > 1,
-            "DESTDIR must be a real directory"
-        );
+        assert!(destdir.starts_with('/') && destdir.len() > 1, "DESTDIR must be a real directory");
         let out = run(Command::new("make")
             .current_dir(repo())
-            .args([
-                "--no-print-directory",
-                "-f",
-                "tuning/tuning.mk",
-                "tune-apply",
-            ])
+            .args(["--no-print-directory", "-f", "tuning/tuning.mk", "tune-apply"])
             .arg(format!("PROFILE={name}"))
             .arg(format!("DESTDIR={destdir}")));
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
         assert!(stdout.contains("nothing loaded"), "{stdout}");
         for (source, target) in installed {
             let source = repo().join(source.replace("{p}", name));
             let staged = fs::read(stage.0.join(target)).unwrap_or_else(|e| panic!("{target}: {e}"));
-            assert_eq!(
-                staged,
-                fs::read(&source).expect("source"),
-                "{target} differs from {}",
-                source.display()
-            );
+            assert_eq!(staged, fs::read(&source).expect("source"), "{target} differs from {}", source.display());
         }
     }
     let stage = TempDir::new("stage-bad");
@@ -710,8 +513,5 @@ fn tune_apply_with_destdir_stages_every_file_and_loads_nothing() {
         .arg(format!("DESTDIR={}", stage.0.display())));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("PROFILE must be one of: 10k 100k 1m"));
-    assert!(
-        fs::read_dir(&stage.0).expect("stage").next().is_none(),
-        "nothing staged for a bad profile"
-    );
+    assert!(fs::read_dir(&stage.0).expect("stage").next().is_none(), "nothing staged for a bad profile");
 }

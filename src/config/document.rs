@@ -53,12 +53,7 @@ impl Document {
     }
 }
 
-fn find_in_table(
-    entries: &[Entry],
-    path: &KeyPath,
-    span: &Range<usize>,
-    mode: Find,
-) -> Option<KeyPath> {
+fn find_in_table(entries: &[Entry], path: &KeyPath, span: &Range<usize>, mode: Find) -> Option<KeyPath> {
     for entry in entries {
         let entry_path = path.key(&entry.key);
         if entry.key_span.as_ref() == Some(span) {
@@ -74,21 +69,15 @@ fn find_in_table(
     None
 }
 
-fn find_in_value(
-    value: &Located,
-    path: &KeyPath,
-    span: &Range<usize>,
-    mode: Find,
-) -> Option<KeyPath> {
+fn find_in_value(value: &Located, path: &KeyPath, span: &Range<usize>, mode: Find) -> Option<KeyPath> {
     if matches!(mode, Find::Value) && value.span.as_ref() == Some(span) {
         return Some(path.clone());
     }
     match &value.node {
         Node::Table(entries) => find_in_table(entries, path, span, mode),
-        Node::Array(elements) => elements
-            .iter()
-            .enumerate()
-            .find_map(|(i, element)| find_in_value(element, &path.index(i), span, mode)),
+        Node::Array(elements) => {
+            elements.iter().enumerate().find_map(|(i, element)| find_in_value(element, &path.index(i), span, mode))
+        }
         Node::Scalar => None,
     }
 }
@@ -156,17 +145,10 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
 }
 
-fn read_entries<'de, A: MapAccess<'de>>(
-    map: &mut A,
-    mut entries: Vec<Entry>,
-) -> Result<Vec<Entry>, A::Error> {
+fn read_entries<'de, A: MapAccess<'de>>(map: &mut A, mut entries: Vec<Entry>) -> Result<Vec<Entry>, A::Error> {
     while let Some(key) = map.next_key::<Key>()? {
         let value = map.next_value::<Located>()?;
-        entries.push(Entry {
-            key: key.text,
-            key_span: key.span,
-            value,
-        });
+        entries.push(Entry { key: key.text, key_span: key.span, value });
     }
     Ok(entries)
 }
@@ -187,63 +169,35 @@ impl<'de> Visitor<'de> for LocatedVisitor {
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<Located, E> {
-        Ok(Located {
-            span: None,
-            node: Node::Scalar,
-        })
+        Ok(Located { span: None, node: Node::Scalar })
     }
     fn visit_i64<E>(self, _: i64) -> Result<Located, E> {
-        Ok(Located {
-            span: None,
-            node: Node::Scalar,
-        })
+        Ok(Located { span: None, node: Node::Scalar })
     }
     fn visit_u64<E>(self, _: u64) -> Result<Located, E> {
-        Ok(Located {
-            span: None,
-            node: Node::Scalar,
-        })
+        Ok(Located { span: None, node: Node::Scalar })
     }
     fn visit_f64<E>(self, _: f64) -> Result<Located, E> {
-        Ok(Located {
-            span: None,
-            node: Node::Scalar,
-        })
+        Ok(Located { span: None, node: Node::Scalar })
     }
     fn visit_str<E>(self, _: &str) -> Result<Located, E> {
-        Ok(Located {
-            span: None,
-            node: Node::Scalar,
-        })
+        Ok(Located { span: None, node: Node::Scalar })
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Located, A::Error> {
-        Ok(Located {
-            span: None,
-            node: NodeVisitor.visit_seq(seq)?,
-        })
+        Ok(Located { span: None, node: NodeVisitor.visit_seq(seq)? })
     }
 
     /// Either toml's span protocol (start, end, value) or, for a table without a span, the
     /// table's own entries.
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Located, A::Error> {
         let Some(first) = map.next_key::<Key>()? else {
-            return Ok(Located {
-                span: None,
-                node: Node::Table(Vec::new()),
-            });
+            return Ok(Located { span: None, node: Node::Table(Vec::new()) });
         };
         if first.text != SPANNED_START {
             let value = map.next_value::<Located>()?;
-            let first = Entry {
-                key: first.text,
-                key_span: first.span,
-                value,
-            };
-            return Ok(Located {
-                span: None,
-                node: Node::Table(read_entries(&mut map, vec![first])?),
-            });
+            let first = Entry { key: first.text, key_span: first.span, value };
+            return Ok(Located { span: None, node: Node::Table(read_entries(&mut map, vec![first])?) });
         }
         let start: usize = map.next_value()?;
         let mut end = start;
@@ -257,10 +211,7 @@ impl<'de> Visitor<'de> for LocatedVisitor {
                 }
             }
         }
-        Ok(Located {
-            span: Some(start..end),
-            node,
-        })
+        Ok(Located { span: Some(start..end), node })
     }
 }
 
@@ -286,10 +237,7 @@ impl<'de> Visitor<'de> for KeyVisitor {
     }
 
     fn visit_str<E>(self, text: &str) -> Result<Key, E> {
-        Ok(Key {
-            text: text.to_owned(),
-            span: None,
-        })
+        Ok(Key { text: text.to_owned(), span: None })
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Key, A::Error> {
@@ -358,26 +306,17 @@ mod tests {
         let text = "a.b = 1\n[t.u]\nv = \"x\"\nw = { y = [1, 2] }\n[[arr]]\nz = true\n";
         let found = paths(text);
         let get = |path: &str| {
-            found
-                .iter()
-                .find(|(p, _, _)| p == path)
-                .cloned()
-                .unwrap_or_else(|| panic!("{path}: {found:?}"))
+            found.iter().find(|(p, _, _)| p == path).cloned().unwrap_or_else(|| panic!("{path}: {found:?}"))
         };
         assert_eq!(get("a"), ("a".into(), Some("a".into()), None));
-        assert_eq!(
-            get("a.b"),
-            ("a.b".into(), Some("b".into()), Some("1".into()))
-        );
+        assert_eq!(get("a.b"), ("a.b".into(), Some("b".into()), Some("1".into())));
         assert_eq!(get("t.u").1, Some("u".into()));
         assert!(get("t.u").2.is_some_and(|table| table.starts_with("[t.u]")));
         assert_eq!(get("t.u.v").2, Some("\"x\"".into()));
         assert_eq!(get("t.u.w").2, Some("{ y = [1, 2] }".into()));
         assert_eq!(get("t.u.w.y").2, Some("[1, 2]".into()));
         assert_eq!(get("t.u.w.y[1]").2, Some("2".into()));
-        assert!(get("arr[0]")
-            .2
-            .is_some_and(|table| table.starts_with("[[arr]]")));
+        assert!(get("arr[0]").2.is_some_and(|table| table.starts_with("[[arr]]")));
         assert_eq!(get("arr[0].z").2, Some("true".into()));
     }
 
@@ -385,11 +324,7 @@ mod tests {
     fn every_toml_value_kind_reads_into_a_document() {
         let text = "d = 1979-05-27T07:32:00Z\nf = 1.5\ne = []\nt = {}\n[empty]\n";
         let found = paths(text);
-        let top: Vec<&str> = found
-            .iter()
-            .map(|(path, ..)| path.as_str())
-            .filter(|path| !path.contains('.'))
-            .collect();
+        let top: Vec<&str> = found.iter().map(|(path, ..)| path.as_str()).filter(|path| !path.contains('.')).collect();
         assert_eq!(top, ["d", "f", "e", "t", "empty"]);
     }
 }

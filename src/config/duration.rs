@@ -45,11 +45,7 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
         let (number, after) = rest.split_at(digits);
         let unit_len = after.bytes().take_while(u8::is_ascii_alphabetic).count();
         if unit_len == 0 {
-            return Err(if after.is_empty() {
-                DurationError::MissingUnit
-            } else {
-                DurationError::UnknownUnit
-            });
+            return Err(if after.is_empty() { DurationError::MissingUnit } else { DurationError::UnknownUnit });
         }
         let (unit, after_unit) = after.split_at(unit_len);
         let ms_per_unit: u64 = match unit {
@@ -61,12 +57,8 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
         };
         // Only ASCII digits remain, so the only possible parse failure is overflow.
         let value: u64 = number.parse().map_err(|_| DurationError::Overflow)?;
-        let part_ms = value
-            .checked_mul(ms_per_unit)
-            .ok_or(DurationError::Overflow)?;
-        total_ms = total_ms
-            .checked_add(part_ms)
-            .ok_or(DurationError::Overflow)?;
+        let part_ms = value.checked_mul(ms_per_unit).ok_or(DurationError::Overflow)?;
+        total_ms = total_ms.checked_add(part_ms).ok_or(DurationError::Overflow)?;
         rest = after_unit;
     }
     Ok(Duration::from_millis(total_ms))
@@ -133,19 +125,10 @@ mod tests {
 
     #[test]
     fn overflow_is_rejected_not_wrapped() {
-        assert_eq!(
-            parse("18446744073709551616ms"),
-            Err(DurationError::Overflow)
-        );
+        assert_eq!(parse("18446744073709551616ms"), Err(DurationError::Overflow));
         assert_eq!(parse("18446744073709551615s"), Err(DurationError::Overflow));
-        assert_eq!(
-            parse("18446744073709551615ms1ms"),
-            Err(DurationError::Overflow)
-        );
-        assert_eq!(
-            parse("18446744073709551615ms"),
-            Ok(Duration::from_millis(u64::MAX))
-        );
+        assert_eq!(parse("18446744073709551615ms1ms"), Err(DurationError::Overflow));
+        assert_eq!(parse("18446744073709551615ms"), Ok(Duration::from_millis(u64::MAX)));
     }
 
     #[test]

@@ -26,10 +26,7 @@ impl Position {
         }
         let before = &text[..offset];
         let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
-        Position {
-            line: before.matches('\n').count() + 1,
-            column: before[line_start..].chars().count() + 1,
-        }
+        Position { line: before.matches('\n').count() + 1, column: before[line_start..].chars().count() + 1 }
     }
 }
 
@@ -83,10 +80,8 @@ impl fmt::Display for KeyPath {
                     if i > 0 {
                         f.write_str(".")?;
                     }
-                    let bare = !key.is_empty()
-                        && key
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                    let bare =
+                        !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
                     if bare {
                         f.write_str(key)?;
                     } else {
@@ -122,11 +117,7 @@ pub fn explain(error: &toml::de::Error, document: Option<&Document>) -> (usize, 
     // toml's messages may span several lines ("invalid table header\nduplicate key ..."): the
     // contract is one line per error.
     let raw_message = error.message().trim();
-    let message = raw_message
-        .lines()
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join(": ");
+    let message = raw_message.lines().map(str::trim).collect::<Vec<_>>().join(": ");
     let Some(document) = document else {
         return (offset, Problem::Syntax(message));
     };
@@ -138,19 +129,10 @@ pub fn explain(error: &toml::de::Error, document: Option<&Document>) -> (usize, 
         let mut quoted = rest.split('`').step_by(2);
         // Shown like a path segment: quoted and escaped unless it is a bare key, so that a key
         // with a newline or a control character cannot break the one-line message.
-        let key = KeyPath::root()
-            .key(quoted.next().unwrap_or_default())
-            .to_string();
+        let key = KeyPath::root().key(quoted.next().unwrap_or_default()).to_string();
         let expected = quoted.collect::<Vec<_>>().join(", ");
         let table = find(Find::KeyOf).unwrap_or_default();
-        return (
-            offset,
-            Problem::UnknownKey {
-                key,
-                table,
-                expected,
-            },
-        );
+        return (offset, Problem::UnknownKey { key, table, expected });
     }
     if let Some(rest) = message.strip_prefix("missing field `") {
         let key = rest.split('`').next().unwrap_or_default().to_owned();
@@ -158,13 +140,7 @@ pub fn explain(error: &toml::de::Error, document: Option<&Document>) -> (usize, 
         return (offset, Problem::MissingKey { table, key });
     }
     match find(Find::Value) {
-        Some(key) => (
-            offset,
-            Problem::BadValue {
-                key,
-                message: in_toml_words(&message),
-            },
-        ),
+        Some(key) => (offset, Problem::BadValue { key, message: in_toml_words(&message) }),
         None => (offset, Problem::Syntax(message)),
     }
 }
@@ -199,29 +175,11 @@ mod tests {
 
     #[test]
     fn key_paths_quote_what_is_not_a_bare_key() {
-        let path = KeyPath::root()
-            .key("pools")
-            .key("web")
-            .key("servers")
-            .index(1)
-            .key("addr");
+        let path = KeyPath::root().key("pools").key("web").key("servers").index(1).key("addr");
         assert_eq!(path.to_string(), "pools.web.servers[1].addr");
-        assert_eq!(
-            KeyPath::root().key("listeners").key("my app").to_string(),
-            r#"listeners."my app""#
-        );
-        assert_eq!(
-            KeyPath::root()
-                .key("listeners")
-                .key("web")
-                .table()
-                .to_string(),
-            "[listeners.web]"
-        );
-        assert_eq!(
-            KeyPath::root().key("s").index(0).table().to_string(),
-            "s[0]"
-        );
+        assert_eq!(KeyPath::root().key("listeners").key("my app").to_string(), r#"listeners."my app""#);
+        assert_eq!(KeyPath::root().key("listeners").key("web").table().to_string(), "[listeners.web]");
+        assert_eq!(KeyPath::root().key("s").index(0).table().to_string(), "s[0]");
         assert_eq!(KeyPath::root().table().to_string(), "the top level");
     }
 }

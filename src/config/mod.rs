@@ -72,6 +72,8 @@ pub struct RuntimeConfig {
     pub max_connections: u32,
     /// How long open connections may run after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// Account to switch to after binding, when started as root.
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -128,10 +130,7 @@ pub struct ServerConfig {
 /// Reads and validates a configuration file. Server host names are resolved with the system
 /// resolver.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let read_error = |source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    };
+    let read_error = |source| ConfigError::Read { path: path.to_owned(), source };
     let bytes = std::fs::read(path).map_err(read_error)?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
@@ -167,10 +166,8 @@ pub(crate) fn parse_with(text: &str, path: &Path, resolve: Resolve) -> Result<Co
     };
     // The untyped read accepts any valid TOML, so its failure is a syntax error; it is also the
     // map that names the key of a serde error in the typed read.
-    let document: document::Document =
-        toml::from_str(text).map_err(|e| invalid(locate::explain(&e, None)))?;
-    let raw: raw::RawConfig =
-        toml::from_str(text).map_err(|e| invalid(locate::explain(&e, Some(&document))))?;
+    let document: document::Document = toml::from_str(text).map_err(|e| invalid(locate::explain(&e, None)))?;
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| invalid(locate::explain(&e, Some(&document))))?;
     validate::validate(raw, text, path, resolve).map_err(invalid)
 }
 
@@ -181,11 +178,7 @@ pub enum ConfigError {
     #[error("{}: {}", path.display(), io_reason(source))]
     Read { path: PathBuf, source: io::Error },
     #[error("{}:{at}: {problem}", path.display())]
-    Invalid {
-        path: PathBuf,
-        at: Position,
-        problem: Box<Problem>,
-    },
+    Invalid { path: PathBuf, at: Position, problem: Box<Problem> },
 }
 
 impl ConfigError {
@@ -203,10 +196,7 @@ impl ConfigError {
 fn io_reason(error: &io::Error) -> String {
     let text = error.to_string();
     match error.raw_os_error() {
-        Some(code) => text
-            .strip_suffix(&format!(" (os error {code})"))
-            .unwrap_or(&text)
-            .to_owned(),
+        Some(code) => text.strip_suffix(&format!(" (os error {code})")).unwrap_or(&text).to_owned(),
         None => text,
     }
 }
@@ -219,40 +209,23 @@ pub enum Problem {
     #[error("{0}")]
     Syntax(String),
     #[error("unknown key `{key}` in {}, {}", table.table(), expected_keys(expected))]
-    UnknownKey {
-        key: String,
-        table: KeyPath,
-        expected: String,
-    },
+    UnknownKey { key: String, table: KeyPath, expected: String },
     #[error("missing key `{key}` in {}", table.table())]
     MissingKey { table: KeyPath, key: String },
     /// A value of the wrong TOML type, in serde's words.
     #[error("{key}: {message}")]
     BadValue { key: KeyPath, message: String },
     #[error("{key}: must be between {min} and {max}, got {value}")]
-    OutOfRange {
-        key: KeyPath,
-        value: i64,
-        min: i64,
-        max: i64,
-    },
+    OutOfRange { key: KeyPath, value: i64, min: i64, max: i64 },
     #[error("{key}: invalid duration {text:?} ({})", duration_hint(*reason))]
-    BadDuration {
-        key: KeyPath,
-        text: String,
-        reason: DurationError,
-    },
+    BadDuration { key: KeyPath, text: String, reason: DurationError },
     #[error("{key}: must be longer than 0ms")]
     ZeroDuration { key: KeyPath },
     #[error("{key}: invalid socket address {text:?} (use e.g. \"0.0.0.0:8080\" or \"[::]:8080\")")]
     BadBind { key: KeyPath, text: String },
     /// Two binds on one address; `first` says where the other one is.
     #[error("{key}: {bind} is already the bind of {first}")]
-    DuplicateBind {
-        key: KeyPath,
-        bind: SocketAddr,
-        first: String,
-    },
+    DuplicateBind { key: KeyPath, bind: SocketAddr, first: String },
     #[error("{key}: no pool named {pool:?}")]
     NoSuchPool { key: KeyPath, pool: String },
     #[error("{key}: unknown balance {text:?}, expected round-robin")]
@@ -260,30 +233,13 @@ pub enum Problem {
     #[error("{pool}: no servers (add a [[{pool}.servers]] table with an addr)")]
     NoServers { pool: KeyPath },
     #[error("{key}: invalid address {addr:?}: {reason}")]
-    BadAddr {
-        key: KeyPath,
-        addr: String,
-        reason: String,
-    },
+    BadAddr { key: KeyPath, addr: String, reason: String },
     #[error("{key}: cannot resolve {addr:?}: {reason}")]
-    Unresolved {
-        key: KeyPath,
-        addr: String,
-        reason: String,
-    },
+    Unresolved { key: KeyPath, addr: String, reason: String },
     #[error("{key}: server name {name:?} is already used in {pool} on line {first_line}")]
-    DuplicateServerName {
-        key: KeyPath,
-        name: String,
-        pool: KeyPath,
-        first_line: usize,
-    },
+    DuplicateServerName { key: KeyPath, name: String, pool: KeyPath, first_line: usize },
     #[error("{key}: invalid name {name:?} ({rule})")]
-    BadName {
-        key: KeyPath,
-        name: String,
-        rule: &'static str,
-    },
+    BadName { key: KeyPath, name: String, rule: &'static str },
     #[error("no listeners: add a [listeners.NAME] table with a bind and a pool")]
     NoListeners,
 }

@@ -33,6 +33,7 @@ pub struct RawRuntime {
     pub workers: Option<Spanned<Int>>,
     pub max_connections: Option<Spanned<Int>>,
     pub shutdown_grace: Option<Spanned<String>>,
+    pub user: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, DeriveDeserialize)]
@@ -89,9 +90,7 @@ impl<'de> Deserialize<'de> for Int {
             }
 
             fn visit_u64<E: de::Error>(self, value: u64) -> Result<Int, E> {
-                i64::try_from(value)
-                    .map(Int)
-                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(value), &self))
+                i64::try_from(value).map(Int).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(value), &self))
             }
         }
 

@@ -12,15 +12,9 @@ use super::*;
 fn fake_resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     match host {
         "localhost" => Ok(vec![SocketAddr::from((Ipv4Addr::LOCALHOST, port))]),
-        "backend.test" => Ok(vec![
-            SocketAddr::from(([10, 0, 0, 7], port)),
-            SocketAddr::from(([10, 0, 0, 8], port)),
-        ]),
+        "backend.test" => Ok(vec![SocketAddr::from(([10, 0, 0, 7], port)), SocketAddr::from(([10, 0, 0, 8], port))]),
         "empty.test" => Ok(Vec::new()),
-        _ => Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "Name or service not known",
-        )),
+        _ => Err(io::Error::new(io::ErrorKind::NotFound, "Name or service not known")),
     }
 }
 
@@ -115,38 +109,19 @@ addr = "localhost:9002"
     assert_eq!(config.runtime.shutdown_grace, Duration::from_secs(90));
     assert_eq!(config.admin.bind, "[::1]:9999".parse().unwrap());
     // Sorted by name; the per-listener limit defaults to the runtime one.
-    let listeners: Vec<_> = config
-        .listeners
-        .iter()
-        .map(|l| (l.name.as_str(), l.max_connections))
-        .collect();
+    let listeners: Vec<_> = config.listeners.iter().map(|l| (l.name.as_str(), l.max_connections)).collect();
     assert_eq!(listeners, [("a", 7), ("b", 500)]);
     let pool = &config.pools[0];
     assert_eq!(pool.connect_timeout, Duration::from_millis(250));
     assert_eq!(pool.idle_timeout, Duration::from_secs(3600));
     assert_eq!(pool.retries, 0);
-    let servers: Vec<_> = pool
-        .servers
-        .iter()
-        .map(|s| {
-            (
-                s.name.as_str(),
-                s.addr.as_str(),
-                s.resolved.to_string(),
-                s.weight,
-            )
-        })
-        .collect();
+    let servers: Vec<_> =
+        pool.servers.iter().map(|s| (s.name.as_str(), s.addr.as_str(), s.resolved.to_string(), s.weight)).collect();
     assert_eq!(
         servers,
         [
             ("one", "127.0.0.1:9001", "127.0.0.1:9001".to_owned(), 256),
-            (
-                "localhost:9002",
-                "localhost:9002",
-                "127.0.0.1:9002".to_owned(),
-                1
-            ),
+            ("localhost:9002", "localhost:9002", "127.0.0.1:9002".to_owned(), 1),
         ]
     );
 }
@@ -157,29 +132,15 @@ fn shipped_config_is_valid_and_spells_out_the_defaults() {
     assert_eq!(config.runtime.max_connections, DEFAULT_MAX_CONNECTIONS);
     assert_eq!(config.runtime.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
     assert_eq!(config.admin.bind, DEFAULT_ADMIN_BIND);
-    let listeners: Vec<_> = config
-        .listeners
-        .iter()
-        .map(|l| (l.name.as_str(), l.pool.as_str()))
-        .collect();
+    let listeners: Vec<_> = config.listeners.iter().map(|l| (l.name.as_str(), l.pool.as_str())).collect();
     assert_eq!(listeners, [("web", "web")]);
     assert_eq!(config.listeners[0].bind.port(), 8080);
     let pool = &config.pools[0];
     assert_eq!(pool.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
     assert_eq!(pool.idle_timeout, DEFAULT_IDLE_TIMEOUT);
     assert_eq!(pool.retries, DEFAULT_RETRIES);
-    let servers: Vec<_> = pool
-        .servers
-        .iter()
-        .map(|s| (s.name.as_str(), s.resolved.to_string(), s.weight))
-        .collect();
-    assert_eq!(
-        servers,
-        [
-            ("demo1", "127.0.0.1:9001".to_owned(), 1),
-            ("demo2", "127.0.0.1:9002".to_owned(), 1)
-        ]
-    );
+    let servers: Vec<_> = pool.servers.iter().map(|s| (s.name.as_str(), s.resolved.to_string(), s.weight)).collect();
+    assert_eq!(servers, [("demo1", "127.0.0.1:9001".to_owned(), 1), ("demo2", "127.0.0.1:9002".to_owned(), 1)]);
 }
 
 #[test]
@@ -212,21 +173,12 @@ pool = "p"
 [pools.p]
 servers = [{ addr = "[::1]:9001" }]
 "#);
-    let bind = |name: &str| {
-        config
-            .listeners
-            .iter()
-            .find(|l| l.name == name)
-            .map(|l| l.bind)
-    };
+    let bind = |name: &str| config.listeners.iter().find(|l| l.name == name).map(|l| l.bind);
     assert_eq!(bind("any6"), Some("[::]:8080".parse().unwrap()));
     assert_eq!(bind("lo6"), Some("[::1]:0".parse().unwrap()));
     // Two port-0 binds are two different ports, not a duplicate.
     assert_eq!(bind("lo4"), bind("again4"));
-    assert_eq!(
-        config.pools[0].servers[0].resolved,
-        "[::1]:9001".parse().unwrap()
-    );
+    assert_eq!(config.pools[0].servers[0].resolved, "[::1]:9001".parse().unwrap());
 }
 
 #[test]
@@ -244,10 +196,7 @@ fn host_names_resolve_with_the_system_resolver() {
 #[test]
 fn a_host_name_uses_its_first_address() {
     let config = ok(&MINIMAL.replace("127.0.0.1:9001", "backend.test:80"));
-    assert_eq!(
-        config.pools[0].servers[0].resolved,
-        "10.0.0.7:80".parse().unwrap()
-    );
+    assert_eq!(config.pools[0].servers[0].resolved, "10.0.0.7:80".parse().unwrap());
 }
 
 #[test]
@@ -256,8 +205,7 @@ fn summary_lists_listeners_and_pools() {
         "addr = \"127.0.0.1:9001\"\n",
         "addr = \"127.0.0.1:9001\"\n[[pools.web.servers]]\naddr = \"localhost:9002\"\nweight = 3\n",
     );
-    let summary =
-        ok(&text.replace("pool = \"web\"", "pool = \"web\"\nmax_connections = 50000")).summary();
+    let summary = ok(&text.replace("pool = \"web\"", "pool = \"web\"\nmax_connections = 50000")).summary();
     let lines: Vec<&str> = summary.lines().collect();
     assert_eq!(lines[0], "x.toml: ok");
     assert!(lines.contains(&"listener web 0.0.0.0:8080 -> pool web (max 50000 connections)"));
@@ -319,15 +267,9 @@ fn bad_durations_point_at_the_value() {
         r#"x.toml:2:18: runtime.shutdown_grace: invalid duration "99999999999999999h" (too large)"#
     );
     let text = MINIMAL.replace("[pools.web]\n", "[pools.web]\nidle_timeout = \"0s\"\n");
-    assert_eq!(
-        error(&text),
-        "x.toml:6:16: pools.web.idle_timeout: must be longer than 0ms"
-    );
+    assert_eq!(error(&text), "x.toml:6:16: pools.web.idle_timeout: must be longer than 0ms");
     let text = MINIMAL.replace("[pools.web]\n", "[pools.web]\nidle_timeout = 30\n");
-    assert_eq!(
-        error(&text),
-        "x.toml:6:16: pools.web.idle_timeout: invalid type: integer `30`, expected a string"
-    );
+    assert_eq!(error(&text), "x.toml:6:16: pools.web.idle_timeout: invalid type: integer `30`, expected a string");
 }
 
 #[test]
@@ -336,10 +278,7 @@ fn a_listener_must_name_an_existing_pool() {
         error(&MINIMAL.replace("pool = \"web\"", "pool = \"wbe\"")),
         r#"x.toml:3:8: listeners.web.pool: no pool named "wbe""#
     );
-    assert_eq!(
-        error(&MINIMAL.replace("pool = \"web\"\n", "")),
-        "x.toml:1:1: missing key `pool` in [listeners.web]"
-    );
+    assert_eq!(error(&MINIMAL.replace("pool = \"web\"\n", "")), "x.toml:1:1: missing key `pool` in [listeners.web]");
 }
 
 #[test]
@@ -357,36 +296,21 @@ fn duplicate_binds_are_reported_at_the_second_naming_the_first() {
          endpoint (default admin.bind)"
     );
     let text = format!("{MINIMAL}[admin]\nbind = \"0.0.0.0:8080\"\n");
-    assert_eq!(
-        error(&text),
-        "x.toml:9:8: admin.bind: 0.0.0.0:8080 is already the bind of listener web (line 2)"
-    );
+    assert_eq!(error(&text), "x.toml:9:8: admin.bind: 0.0.0.0:8080 is already the bind of listener web (line 2)");
 }
 
 #[test]
 fn a_server_without_addr_is_reported_at_its_table() {
     let text = format!("{MINIMAL}[[pools.web.servers]]\nname = \"two\"\n");
-    assert_eq!(
-        error(&text),
-        "x.toml:8:1: missing key `addr` in pools.web.servers[1]"
-    );
+    assert_eq!(error(&text), "x.toml:8:1: missing key `addr` in pools.web.servers[1]");
 }
 
 #[test]
 fn a_pool_needs_servers() {
-    let text = MINIMAL.replace(
-        "[[pools.web.servers]]\naddr = \"127.0.0.1:9001\"\n",
-        "retries = 1\n",
-    );
-    assert_eq!(
-        error(&text),
-        "x.toml:5:8: pools.web: no servers (add a [[pools.web.servers]] table with an addr)"
-    );
+    let text = MINIMAL.replace("[[pools.web.servers]]\naddr = \"127.0.0.1:9001\"\n", "retries = 1\n");
+    assert_eq!(error(&text), "x.toml:5:8: pools.web: no servers (add a [[pools.web.servers]] table with an addr)");
     let text = format!("{MINIMAL}[pools.empty]\nservers = []\n");
-    assert_eq!(
-        error(&text),
-        "x.toml:8:8: pools.empty: no servers (add a [[pools.empty.servers]] table with an addr)"
-    );
+    assert_eq!(error(&text), "x.toml:8:8: pools.empty: no servers (add a [[pools.empty.servers]] table with an addr)");
 }
 
 #[test]
@@ -394,18 +318,9 @@ fn server_addresses_must_parse_and_resolve() {
     let with_addr = |addr: &str| error(&MINIMAL.replace("127.0.0.1:9001", addr));
     let prefix = "x.toml:7:8: pools.web.servers[0].addr:";
     let cases = [
-        (
-            "127.0.0.1",
-            r#"expected host:port, e.g. "127.0.0.1:9001", "[::1]:9001""#,
-        ),
-        (
-            "[::1]",
-            r#"expected host:port, e.g. "127.0.0.1:9001", "[::1]:9001""#,
-        ),
-        (
-            "::1:80",
-            r#"IPv6 addresses are written in brackets, e.g. "[::1]:9001""#,
-        ),
+        ("127.0.0.1", r#"expected host:port, e.g. "127.0.0.1:9001", "[::1]:9001""#),
+        ("[::1]", r#"expected host:port, e.g. "127.0.0.1:9001", "[::1]:9001""#),
+        ("::1:80", r#"IPv6 addresses are written in brackets, e.g. "[::1]:9001""#),
         ("[::g]:80", "invalid IPv6 address"),
         ("127.0.0.1:0", "port 0 cannot be connected to"),
         ("localhost:0", "port 0 cannot be connected to"),
@@ -416,26 +331,18 @@ fn server_addresses_must_parse_and_resolve() {
         (":80", "invalid host name"),
     ];
     for (addr, reason) in cases {
-        assert_eq!(
-            with_addr(addr),
-            format!("{prefix} invalid address {addr:?}: {reason}")
-        );
+        assert_eq!(with_addr(addr), format!("{prefix} invalid address {addr:?}: {reason}"));
     }
     assert_eq!(
         with_addr("nowhere.test:80"),
         format!(r#"{prefix} cannot resolve "nowhere.test:80": Name or service not known"#)
     );
-    assert_eq!(
-        with_addr("empty.test:80"),
-        format!(r#"{prefix} cannot resolve "empty.test:80": no addresses"#)
-    );
+    assert_eq!(with_addr("empty.test:80"), format!(r#"{prefix} cannot resolve "empty.test:80": no addresses"#));
 }
 
 #[test]
 fn server_names_are_unique_within_a_pool() {
-    let text = format!(
-        "{MINIMAL}name = \"a\"\n[[pools.web.servers]]\naddr = \"127.0.0.1:9002\"\nname = \"a\"\n"
-    );
+    let text = format!("{MINIMAL}name = \"a\"\n[[pools.web.servers]]\naddr = \"127.0.0.1:9002\"\nname = \"a\"\n");
     assert_eq!(
         error(&text),
         r#"x.toml:11:8: pools.web.servers[1].name: server name "a" is already used in pools.web on line 8"#
@@ -447,9 +354,7 @@ fn server_names_are_unique_within_a_pool() {
         r#"x.toml:9:8: pools.web.servers[1].name: server name "127.0.0.1:9001" is already used in pools.web on line 7"#
     );
     // The same name in two pools is fine.
-    ok(&format!(
-        "{MINIMAL}name = \"a\"\n[pools.other]\nservers = [{{ addr = \"127.0.0.1:1\", name = \"a\" }}]\n"
-    ));
+    ok(&format!("{MINIMAL}name = \"a\"\n[pools.other]\nservers = [{{ addr = \"127.0.0.1:1\", name = \"a\" }}]\n"));
 }
 
 #[test]
@@ -494,10 +399,7 @@ fn type_errors_name_the_key() {
         error(&MINIMAL.replace("bind = \"0.0.0.0:8080\"", "bind = 8080")),
         "x.toml:2:8: listeners.web.bind: invalid type: integer `8080`, expected a string"
     );
-    assert_eq!(
-        error("[pools]\nweb = 3\n"),
-        "x.toml:2:7: pools.web: invalid type: integer `3`, expected a table"
-    );
+    assert_eq!(error("[pools]\nweb = 3\n"), "x.toml:2:7: pools.web: invalid type: integer `3`, expected a table");
     // `[[ ]]` where `[ ]` was meant, and the other way round.
     assert_eq!(
         error(&MINIMAL.replace("[listeners.web]", "[[listeners.web]]")),
@@ -535,10 +437,7 @@ fn names_and_balance_are_checked() {
 
 #[test]
 fn syntax_errors_are_one_line_with_a_position() {
-    assert_eq!(
-        error("[listeners.web]\nbind = \"0.0.0.0:8080\npool = \"web\"\n"),
-        "x.toml:2:21: invalid basic string"
-    );
+    assert_eq!(error("[listeners.web]\nbind = \"0.0.0.0:8080\npool = \"web\"\n"), "x.toml:2:21: invalid basic string");
     assert_eq!(
         error("[listeners.web]\nbind = \"a\"\nbind = \"b\"\n"),
         "x.toml:3:1: duplicate key `bind` in table `listeners.web`"
@@ -555,32 +454,19 @@ fn at_least_one_listener() {
         error("[pools.web]\nservers = [{ addr = \"127.0.0.1:1\" }]\n"),
         "x.toml:1:1: no listeners: add a [listeners.NAME] table with a bind and a pool"
     );
-    assert_eq!(
-        error(""),
-        "x.toml:1:1: no listeners: add a [listeners.NAME] table with a bind and a pool"
-    );
+    assert_eq!(error(""), "x.toml:1:1: no listeners: add a [listeners.NAME] table with a bind and a pool");
 }
 
 #[test]
 fn the_earliest_problem_in_the_file_is_reported() {
     // The listener (checked last) has the earlier problem.
-    let text = format!(
-        "{}{}",
-        MINIMAL.replace("pool = \"web\"", "pool = \"nope\""),
-        "weight = 0\n"
-    );
-    assert_eq!(
-        error(&text),
-        r#"x.toml:3:8: listeners.web.pool: no pool named "nope""#
-    );
+    let text = format!("{}{}", MINIMAL.replace("pool = \"web\"", "pool = \"nope\""), "weight = 0\n");
+    assert_eq!(error(&text), r#"x.toml:3:8: listeners.web.pool: no pool named "nope""#);
 }
 
 #[test]
 fn load_reports_unreadable_files_in_one_line() {
     let missing = Path::new("/nonexistent/ringlb.toml");
     let message = load(missing).expect_err("missing file").to_string();
-    assert_eq!(
-        message,
-        "/nonexistent/ringlb.toml: No such file or directory"
-    );
+    assert_eq!(message, "/nonexistent/ringlb.toml: No such file or directory");
 }

@@ -15,10 +15,9 @@ use toml::Spanned;
 use super::locate::{KeyPath, Position};
 use super::raw::{Int, RawAdmin, RawConfig, RawPool, RawRuntime, RawServer};
 use super::{
-    duration, AdminConfig, Balance, Config, ListenerConfig, PoolConfig, Problem, Resolve,
-    RuntimeConfig, ServerConfig, DEFAULT_ADMIN_BIND, DEFAULT_BALANCE, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RETRIES, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_WEIGHT, DEFAULT_WORKERS, MAX_RETRIES, MAX_WEIGHT, MAX_WORKERS,
+    duration, AdminConfig, Balance, Config, ListenerConfig, PoolConfig, Problem, Resolve, RuntimeConfig, ServerConfig,
+    DEFAULT_ADMIN_BIND, DEFAULT_BALANCE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_RETRIES, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WEIGHT, DEFAULT_WORKERS, MAX_RETRIES, MAX_WEIGHT, MAX_WORKERS,
 };
 
 /// The longest listener or pool name; names end up in logs and metric labels.
@@ -27,35 +26,17 @@ const NAME_RULE: &str = "1 to 64 characters among A-Z a-z 0-9 _ . -";
 const MAX_SERVER_NAME_LEN: usize = 128;
 const SERVER_NAME_RULE: &str = "1 to 128 characters, no spaces or control characters";
 
-pub(super) fn validate(
-    raw: RawConfig,
-    text: &str,
-    path: &Path,
-    resolve: Resolve,
-) -> Result<Config, (usize, Problem)> {
-    let mut check = Checker {
-        text,
-        problems: Vec::new(),
-    };
+pub(super) fn validate(raw: RawConfig, text: &str, path: &Path, resolve: Resolve) -> Result<Config, (usize, Problem)> {
+    let mut check = Checker { text, problems: Vec::new() };
     let runtime = check.runtime(&raw.runtime);
     let (admin, admin_bind) = check.admin(&raw.admin);
-    let pools = raw
-        .pools
-        .iter()
-        .map(|(name, pool)| check.pool(name, pool, resolve))
-        .collect();
+    let pools = raw.pools.iter().map(|(name, pool)| check.pool(name, pool, resolve)).collect();
     let (listeners, listener_binds) = check.listeners(&raw, &runtime);
     check.duplicate_binds(admin_bind.into_iter().chain(listener_binds).collect());
 
     match check.problems.iter().min_by_key(|(offset, _)| *offset) {
         Some(earliest) => Err(earliest.clone()),
-        None => Ok(Config {
-            path: path.to_owned(),
-            runtime,
-            admin,
-            listeners,
-            pools,
-        }),
+        None => Ok(Config { path: path.to_owned(), runtime, admin, listeners, pools }),
     }
 }
 
@@ -91,22 +72,19 @@ impl Checker<'_> {
             0 => std::thread::available_parallelism().map_or(1, |cores| cores.get()),
             workers => workers,
         };
-        let max_connections = self
-            .int(
-                &raw.max_connections,
-                key.key("max_connections"),
-                1,
-                u32::MAX,
-            )
-            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
-        let shutdown_grace = self
-            .duration(&raw.shutdown_grace, key.key("shutdown_grace"), true)
-            .unwrap_or(DEFAULT_SHUTDOWN_GRACE);
-        RuntimeConfig {
-            workers,
-            max_connections,
-            shutdown_grace,
-        }
+        let max_connections =
+            self.int(&raw.max_connections, key.key("max_connections"), 1, u32::MAX).unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let shutdown_grace =
+            self.duration(&raw.shutdown_grace, key.key("shutdown_grace"), true).unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+        let user = match &raw.user {
+            Some(user) if user.get_ref().is_empty() => {
+                let message = "must not be empty".to_string();
+                self.fail(user.span().start, Problem::BadValue { key: key.key("user"), message });
+                None
+            }
+            user => user.as_ref().map(|u| u.get_ref().clone()),
+        };
+        RuntimeConfig { workers, max_connections, shutdown_grace, user }
     }
 
     /// The admin section and its bind for the duplicate check (none when the bind is invalid).
@@ -114,46 +92,19 @@ impl Checker<'_> {
         let key = KeyPath::root().key("admin").key("bind");
         let Some(written) = &raw.bind else {
             let owner = "the admin endpoint (default admin.bind)".to_owned();
-            let bind = BindUse {
-                offset: None,
-                addr: DEFAULT_ADMIN_BIND,
-                key,
-                owner,
-            };
-            return (
-                AdminConfig {
-                    bind: DEFAULT_ADMIN_BIND,
-                },
-                Some(bind),
-            );
+            let bind = BindUse { offset: None, addr: DEFAULT_ADMIN_BIND, key, owner };
+            return (AdminConfig { bind: DEFAULT_ADMIN_BIND }, Some(bind));
         };
         let Some(addr) = self.bind(written, key.clone()) else {
-            return (
-                AdminConfig {
-                    bind: DEFAULT_ADMIN_BIND,
-                },
-                None,
-            );
+            return (AdminConfig { bind: DEFAULT_ADMIN_BIND }, None);
         };
         let offset = written.span().start;
         let owner = format!("the admin endpoint (line {})", self.line(offset));
-        (
-            AdminConfig { bind: addr },
-            Some(BindUse {
-                offset: Some(offset),
-                addr,
-                key,
-                owner,
-            }),
-        )
+        (AdminConfig { bind: addr }, Some(BindUse { offset: Some(offset), addr, key, owner }))
     }
 
     /// Every listener (sorted by name) and, for the duplicate check, their binds.
-    fn listeners(
-        &mut self,
-        raw: &RawConfig,
-        runtime: &RuntimeConfig,
-    ) -> (Vec<ListenerConfig>, Vec<BindUse>) {
+    fn listeners(&mut self, raw: &RawConfig, runtime: &RuntimeConfig) -> (Vec<ListenerConfig>, Vec<BindUse>) {
         let listeners_key = KeyPath::root().key("listeners");
         if raw.listeners.is_empty() {
             self.fail(0, Problem::NoListeners);
@@ -165,41 +116,19 @@ impl Checker<'_> {
             self.name(name, &key, MAX_NAME_LEN, NAME_RULE, is_name_char);
             let pool = listener.pool.get_ref();
             if !raw.pools.contains_key(pool.as_str()) {
-                let problem = Problem::NoSuchPool {
-                    key: key.key("pool"),
-                    pool: pool.clone(),
-                };
+                let problem = Problem::NoSuchPool { key: key.key("pool"), pool: pool.clone() };
                 self.fail(listener.pool.span().start, problem);
             }
             let max_connections = self
-                .int(
-                    &listener.max_connections,
-                    key.key("max_connections"),
-                    1,
-                    u32::MAX,
-                )
+                .int(&listener.max_connections, key.key("max_connections"), 1, u32::MAX)
                 .unwrap_or(runtime.max_connections);
             let Some(bind) = self.bind(&listener.bind, key.key("bind")) else {
                 continue;
             };
             let offset = listener.bind.span().start;
-            let owner = format!(
-                "listener {} (line {})",
-                KeyPath::root().key(name.get_ref()),
-                self.line(offset)
-            );
-            binds.push(BindUse {
-                offset: Some(offset),
-                addr: bind,
-                key: key.key("bind"),
-                owner,
-            });
-            listeners.push(ListenerConfig {
-                name: name.get_ref().clone(),
-                bind,
-                pool: pool.clone(),
-                max_connections,
-            });
+            let owner = format!("listener {} (line {})", KeyPath::root().key(name.get_ref()), self.line(offset));
+            binds.push(BindUse { offset: Some(offset), addr: bind, key: key.key("bind"), owner });
+            listeners.push(ListenerConfig { name: name.get_ref().clone(), bind, pool: pool.clone(), max_connections });
         }
         (listeners, binds)
     }
@@ -223,24 +152,11 @@ impl Checker<'_> {
                 return Some(number);
             }
         }
-        self.fail(
-            value.span().start,
-            Problem::OutOfRange {
-                key,
-                value: number,
-                min,
-                max,
-            },
-        );
+        self.fail(value.span().start, Problem::OutOfRange { key, value: number, min, max });
         None
     }
 
-    fn duration(
-        &mut self,
-        value: &Option<Spanned<String>>,
-        key: KeyPath,
-        zero_allowed: bool,
-    ) -> Option<Duration> {
+    fn duration(&mut self, value: &Option<Spanned<String>>, key: KeyPath, zero_allowed: bool) -> Option<Duration> {
         let value = value.as_ref()?;
         let start = value.span().start;
         match duration::parse(value.get_ref()) {
@@ -280,11 +196,7 @@ impl Checker<'_> {
     ) {
         let text = name.get_ref();
         if text.is_empty() || text.chars().count() > max_len || !text.chars().all(allowed) {
-            let problem = Problem::BadName {
-                key: key.clone(),
-                name: text.clone(),
-                rule,
-            };
+            let problem = Problem::BadName { key: key.clone(), name: text.clone(), rule };
             self.fail(name.span().start, problem);
         }
     }
@@ -296,23 +208,16 @@ impl Checker<'_> {
             None => DEFAULT_BALANCE,
             Some(text) if text.get_ref() == Balance::RoundRobin.name() => Balance::RoundRobin,
             Some(text) => {
-                let problem = Problem::UnknownBalance {
-                    key: key.key("balance"),
-                    text: text.get_ref().clone(),
-                };
+                let problem = Problem::UnknownBalance { key: key.key("balance"), text: text.get_ref().clone() };
                 self.fail(text.span().start, problem);
                 DEFAULT_BALANCE
             }
         };
-        let connect_timeout = self
-            .duration(&pool.connect_timeout, key.key("connect_timeout"), false)
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let idle_timeout = self
-            .duration(&pool.idle_timeout, key.key("idle_timeout"), false)
-            .unwrap_or(DEFAULT_IDLE_TIMEOUT);
-        let retries = self
-            .int(&pool.retries, key.key("retries"), 0, MAX_RETRIES)
-            .unwrap_or(DEFAULT_RETRIES);
+        let connect_timeout =
+            self.duration(&pool.connect_timeout, key.key("connect_timeout"), false).unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let idle_timeout =
+            self.duration(&pool.idle_timeout, key.key("idle_timeout"), false).unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        let retries = self.int(&pool.retries, key.key("retries"), 0, MAX_RETRIES).unwrap_or(DEFAULT_RETRIES);
 
         if pool.servers.is_empty() {
             self.fail(name.span().start, Problem::NoServers { pool: key.clone() });
@@ -342,37 +247,21 @@ impl Checker<'_> {
             }
             servers.push(name);
         }
-        PoolConfig {
-            name: name.get_ref().clone(),
-            balance,
-            connect_timeout,
-            idle_timeout,
-            retries,
-            servers,
-        }
+        PoolConfig { name: name.get_ref().clone(), balance, connect_timeout, idle_timeout, retries, servers }
     }
 
     /// A validated server and the offset of the text its name comes from (the `name` value, or
     /// the `addr` value when the name defaults to it).
-    fn server(
-        &mut self,
-        server: &RawServer,
-        key: &KeyPath,
-        resolve: Resolve,
-    ) -> Option<(ServerConfig, usize)> {
+    fn server(&mut self, server: &RawServer, key: &KeyPath, resolve: Resolve) -> Option<(ServerConfig, usize)> {
         let weight = match &server.weight {
             None => Some(DEFAULT_WEIGHT),
             Some(_) => self.int(&server.weight, key.key("weight"), 1, MAX_WEIGHT),
         };
         let (name, name_offset) = match &server.name {
             Some(name) => {
-                self.name(
-                    name,
-                    &key.key("name"),
-                    MAX_SERVER_NAME_LEN,
-                    SERVER_NAME_RULE,
-                    |c| !c.is_whitespace() && !c.is_control(),
-                );
+                self.name(name, &key.key("name"), MAX_SERVER_NAME_LEN, SERVER_NAME_RULE, |c| {
+                    !c.is_whitespace() && !c.is_control()
+                });
                 (name.get_ref().clone(), name.span().start)
             }
             None => (server.addr.get_ref().clone(), server.addr.span().start),
@@ -386,12 +275,7 @@ impl Checker<'_> {
                 None
             }
         };
-        let server = ServerConfig {
-            name,
-            addr: addr.clone(),
-            resolved: resolved?,
-            weight: weight?,
-        };
+        let server = ServerConfig { name, addr: addr.clone(), resolved: resolved?, weight: weight? };
         Some((server, name_offset))
     }
 
@@ -401,23 +285,13 @@ impl Checker<'_> {
         // `None` (a default, not in the file) sorts first.
         binds.sort_by_key(|bind| bind.offset);
         let mut owners: HashMap<SocketAddr, String> = HashMap::new();
-        for BindUse {
-            offset,
-            addr,
-            key,
-            owner,
-        } in binds
-        {
+        for BindUse { offset, addr, key, owner } in binds {
             if addr.port() == 0 {
                 continue;
             }
             match owners.get(&addr) {
                 Some(first) => {
-                    let problem = Problem::DuplicateBind {
-                        key,
-                        bind: addr,
-                        first: first.clone(),
-                    };
+                    let problem = Problem::DuplicateBind { key, bind: addr, first: first.clone() };
                     self.fail(offset.unwrap_or(0), problem);
                 }
                 None => {
@@ -441,11 +315,7 @@ enum AddrError {
 impl AddrError {
     fn into_problem(self, key: KeyPath, addr: String) -> Problem {
         match self {
-            AddrError::Bad(reason) => Problem::BadAddr {
-                key,
-                addr,
-                reason: reason.to_owned(),
-            },
+            AddrError::Bad(reason) => Problem::BadAddr { key, addr, reason: reason.to_owned() },
             AddrError::Unresolved(reason) => Problem::Unresolved { key, addr, reason },
         }
     }
@@ -463,14 +333,10 @@ fn resolve_server(addr: &str, resolve: Resolve) -> Result<SocketAddr, AddrError>
         };
     }
     let Some((host, port)) = addr.rsplit_once(':').filter(|_| !addr.ends_with(']')) else {
-        return Err(AddrError::Bad(
-            r#"expected host:port, e.g. "127.0.0.1:9001", "[::1]:9001""#,
-        ));
+        return Err(AddrError::Bad(r#"expected host:port, e.g. "127.0.0.1:9001", "[::1]:9001""#));
     };
     if host.contains(':') && !host.starts_with('[') {
-        return Err(AddrError::Bad(
-            r#"IPv6 addresses are written in brackets, e.g. "[::1]:9001""#,
-        ));
+        return Err(AddrError::Bad(r#"IPv6 addresses are written in brackets, e.g. "[::1]:9001""#));
     }
     let port: u16 = port.parse().map_err(|_| AddrError::Bad("invalid port"))?;
     if port == 0 {
@@ -483,10 +349,7 @@ fn resolve_server(addr: &str, resolve: Resolve) -> Result<SocketAddr, AddrError>
         return Err(AddrError::Bad("invalid host name"));
     }
     let addrs = resolve(host, port).map_err(|e| AddrError::Unresolved(e.to_string()))?;
-    addrs
-        .first()
-        .copied()
-        .ok_or_else(|| AddrError::Unresolved("no addresses".to_owned()))
+    addrs.first().copied().ok_or_else(|| AddrError::Unresolved("no addresses".to_owned()))
 }
 
 /// A DNS name (letters, digits, `-` and `_` in dot-separated labels of at most 63 characters),
@@ -495,9 +358,7 @@ fn is_host_name(host: &str) -> bool {
     let labels_ok = host.len() <= 253
         && host.trim_end_matches('.').split('.').all(|label| {
             (1..=63).contains(&label.len())
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     labels_ok && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }

@@ -115,13 +115,8 @@ impl HostLoad {
     /// Smallest worker count (at least the configured one) whose rings each fit under
     /// `IORING_MAX_FIXED_FILES`, with the default pipe estimate.
     pub fn min_workers_for_table(&self) -> u64 {
-        let fits = |w: u64| {
-            HostLoad::new(self.max_connections, w as usize).slots_per_ring()
-                <= IORING_MAX_FIXED_FILES
-        };
-        (self.workers()..=self.max_connections.max(self.workers()))
-            .find(|&w| fits(w))
-            .unwrap_or(self.workers())
+        let fits = |w: u64| HostLoad::new(self.max_connections, w as usize).slots_per_ring() <= IORING_MAX_FIXED_FILES;
+        (self.workers()..=self.max_connections.max(self.workers())).find(|&w| fits(w)).unwrap_or(self.workers())
     }
 
     /// Listen backlog per listener socket (`somaxconn`, `tcp_max_syn_backlog`).
@@ -220,21 +215,11 @@ pub fn evaluate(load: &HostLoad, snap: &HostSnapshot) -> HostReport {
     descriptor_rows(load, snap, &mut rows);
     network_rows(load, snap, &mut rows);
     memory_rows(load, snap, &mut rows);
-    HostReport {
-        load: load.clone(),
-        rows,
-    }
+    HostReport { load: load.clone(), rows }
 }
 
 fn row(setting: &str, now: String, needed: String, ok: bool, severity: Severity) -> Row {
-    Row {
-        setting: setting.to_string(),
-        now,
-        needed,
-        ok,
-        severity,
-        advice: String::new(),
-    }
+    Row { setting: setting.to_string(), now, needed, ok, severity, advice: String::new() }
 }
 
 impl Row {
@@ -261,9 +246,10 @@ fn uring_rows(snap: &HostSnapshot, rows: &mut Vec<Row>) {
         Some(1) => ("1".to_string(), false, Severity::Soft),
         Some(v) => (v.to_string(), false, Severity::Hard),
     };
-    rows.push(row("kernel.io_uring_disabled", now, "0".to_string(), ok, severity).advise(
-        "set kernel.io_uring_disabled = 0 (1 allows rings only to root and kernel.io_uring_group)",
-    ));
+    rows.push(
+        row("kernel.io_uring_disabled", now, "0".to_string(), ok, severity)
+            .advise("set kernel.io_uring_disabled = 0 (1 allows rings only to root and kernel.io_uring_group)"),
+    );
 
     let ring = &snap.uring.ring;
     let (now, ok) = match ring {
@@ -271,14 +257,8 @@ fn uring_rows(snap: &HostSnapshot, rows: &mut Vec<Row>) {
         Err(e) => (format!("failed: {e}"), false),
     };
     rows.push(
-        row(
-            "io_uring ring",
-            now,
-            "can be created".to_string(),
-            ok,
-            Severity::Hard,
-        )
-        .advise("ringlb runs only on io_uring: check kernel.io_uring_disabled and seccomp"),
+        row("io_uring ring", now, "can be created".to_string(), ok, Severity::Hard)
+            .advise("ringlb runs only on io_uring: check kernel.io_uring_disabled and seccomp"),
     );
     if ring.is_err() {
         return;
@@ -287,11 +267,7 @@ fn uring_rows(snap: &HostSnapshot, rows: &mut Vec<Row>) {
     let newest = snap.uring.features.iter().map(|f| f.since).max();
     if let Some(newest) = newest {
         let ok = snap.kernel.is_some_and(|k| k >= newest);
-        let now = if snap.kernel_release.is_empty() {
-            "unknown".to_string()
-        } else {
-            snap.kernel_release.clone()
-        };
+        let now = if snap.kernel_release.is_empty() { "unknown".to_string() } else { snap.kernel_release.clone() };
         rows.push(
             row("kernel", now, format!(">= {newest}"), ok, Severity::Soft)
                 .advise("each feature below is checked on its own; this row is a summary"),
@@ -301,21 +277,12 @@ fn uring_rows(snap: &HostSnapshot, rows: &mut Vec<Row>) {
         let (now, ok) = match &feature.supported {
             Ok(true) => (format!("yes ({})", feature.method), true),
             Ok(false) if feature.detail.is_empty() => (format!("no ({})", feature.method), false),
-            Ok(false) => (
-                format!("no ({}: {})", feature.method, feature.detail),
-                false,
-            ),
+            Ok(false) => (format!("no ({}: {})", feature.method, feature.detail), false),
             Err(e) => (format!("unknown: {e}"), false),
         };
         rows.push(
-            row(
-                &format!("io_uring {}", feature.name),
-                now,
-                format!("yes ({}+)", feature.since),
-                ok,
-                Severity::Hard,
-            )
-            .advise(format!("needs kernel {} or newer", feature.since)),
+            row(&format!("io_uring {}", feature.name), now, format!("yes ({}+)", feature.since), ok, Severity::Hard)
+                .advise(format!("needs kernel {} or newer", feature.since)),
         );
     }
 }
@@ -331,9 +298,7 @@ fn descriptor_rows(load: &HostLoad, snap: &HostSnapshot, rows: &mut Vec<Row>) {
             slots <= IORING_MAX_FIXED_FILES,
             Severity::Hard,
         )
-        .advise(format!(
-            "one ring's table is capped by the kernel: run at least {min_workers} workers"
-        )),
+        .advise(format!("one ring's table is capped by the kernel: run at least {min_workers} workers")),
     );
 
     let needed = load.nofile_needed();
@@ -341,47 +306,26 @@ fn descriptor_rows(load: &HostLoad, snap: &HostSnapshot, rows: &mut Vec<Row>) {
         Some(limit) => (limit.to_string(), limit.soft >= needed),
         None => ("unreadable".to_string(), false),
     };
-    rows.push(
-        row(
-            "RLIMIT_NOFILE (soft)",
-            now,
-            format!(">= {needed}"),
-            ok,
-            Severity::Hard,
-        )
-        .advise(format!(
-            "2 x {} connections per ring + {} pipe descriptors + {RING_SPARE_SLOTS} spare; \
+    rows.push(row("RLIMIT_NOFILE (soft)", now, format!(">= {needed}"), ok, Severity::Hard).advise(format!(
+        "2 x {} connections per ring + {} pipe descriptors + {RING_SPARE_SLOTS} spare; \
              raise LimitNOFILE (systemd) or nofile (limits.d)",
-            load.connections_per_worker(),
-            DESCRIPTORS_PER_PIPE * load.pipes_per_worker,
-        )),
-    );
+        load.connections_per_worker(),
+        DESCRIPTORS_PER_PIPE * load.pipes_per_worker,
+    )));
 
     rows.push(
-        row(
-            "fs.nr_open",
-            show(snap.nr_open),
-            format!(">= {needed}"),
-            at_least(snap.nr_open, needed),
-            Severity::Soft,
-        )
-        .advise("RLIMIT_NOFILE cannot be raised above fs.nr_open"),
+        row("fs.nr_open", show(snap.nr_open), format!(">= {needed}"), at_least(snap.nr_open, needed), Severity::Soft)
+            .advise("RLIMIT_NOFILE cannot be raised above fs.nr_open"),
     );
 
     let files = load.files_needed() + snap.files_allocated.unwrap_or(0);
     rows.push(
-        row(
-            "fs.file-max",
-            show(snap.file_max),
-            format!(">= {files}"),
-            at_least(snap.file_max, files),
-            Severity::Hard,
-        )
-        .advise(format!(
-            "files open on the host now ({}) + {} for ringlb: sockets and pipes, direct or not",
-            show(snap.files_allocated),
-            load.files_needed()
-        )),
+        row("fs.file-max", show(snap.file_max), format!(">= {files}"), at_least(snap.file_max, files), Severity::Hard)
+            .advise(format!(
+                "files open on the host now ({}) + {} for ringlb: sockets and pipes, direct or not",
+                show(snap.files_allocated),
+                load.files_needed()
+            )),
     );
 }
 
@@ -418,32 +362,20 @@ fn network_rows(load: &HostLoad, snap: &HostSnapshot, rows: &mut Vec<Row>) {
             let (needed, ok) = match load.backend_pairs {
                 Some(pairs) => {
                     let per_pair = load.max_connections.div_ceil(pairs.max(1));
-                    (
-                        format!(">= {per_pair} ports ({pairs} backend pairs)"),
-                        ports >= per_pair,
-                    )
+                    (format!(">= {per_pair} ports ({pairs} backend pairs)"), ports >= per_pair)
                 }
                 None => {
                     let pairs = load.backend_pairs_needed(ports);
                     (format!("{pairs} (source, backend) pair(s)"), pairs <= 1)
                 }
             };
-            rows.push(
-                row(
-                    "net.ipv4.ip_local_port_range",
-                    now,
-                    needed,
-                    ok,
-                    Severity::Soft,
-                )
-                .advise(format!(
-                    "each (source address, backend address) pair has one port range: {} backend \
+            rows.push(row("net.ipv4.ip_local_port_range", now, needed, ok, Severity::Soft).advise(format!(
+                "each (source address, backend address) pair has one port range: {} backend \
                      connections need {} pairs with this range; add backends or source addresses, \
                      or widen the range",
-                    load.max_connections,
-                    load.backend_pairs_needed(ports)
-                )),
-            );
+                load.max_connections,
+                load.backend_pairs_needed(ports)
+            )));
         }
         _ => rows.push(row(
             "net.ipv4.ip_local_port_range",
@@ -475,18 +407,14 @@ fn network_rows(load: &HostLoad, snap: &HostSnapshot, rows: &mut Vec<Row>) {
                 max >= needed,
                 Severity::Soft,
             )
-            .advise(
-                "a full conntrack table drops new connections: raise it or NOTRACK ringlb's ports",
-            ),
+            .advise("a full conntrack table drops new connections: raise it or NOTRACK ringlb's ports"),
         );
     }
 }
 
 fn memory_rows(load: &HostLoad, snap: &HostSnapshot, rows: &mut Vec<Row>) {
     let pages = load.pipe_pages_needed();
-    let pipe_ok = snap
-        .pipe_user_pages_soft
-        .is_some_and(|v| v == 0 || v >= pages);
+    let pipe_ok = snap.pipe_user_pages_soft.is_some_and(|v| v == 0 || v >= pages);
     rows.push(
         row(
             "fs.pipe-user-pages-soft",
@@ -523,19 +451,10 @@ fn memory_rows(load: &HostLoad, snap: &HostSnapshot, rows: &mut Vec<Row>) {
         Some(limit) => (limit.to_string(), limit.soft >= needed),
         None => ("unreadable".to_string(), false),
     };
-    rows.push(
-        row(
-            "RLIMIT_MEMLOCK (soft)",
-            now,
-            format!(">= {needed}"),
-            ok,
-            Severity::Soft,
-        )
-        .advise(format!(
-            "{} rings of {} entries, charged per user to the locked-memory limit; \
+    rows.push(row("RLIMIT_MEMLOCK (soft)", now, format!(">= {needed}"), ok, Severity::Soft).advise(format!(
+        "{} rings of {} entries, charged per user to the locked-memory limit; \
              raise LimitMEMLOCK (systemd) or memlock (limits.d)",
-            load.workers(),
-            load.ring_entries
-        )),
-    );
+        load.workers(),
+        load.ring_entries
+    )));
 }

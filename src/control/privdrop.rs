@@ -29,11 +29,7 @@ pub enum PrivError {
     #[error("cannot switch to user {user:?}: not running as root (uid {uid})")]
     NotRoot { user: String, uid: u32 },
     #[error("{call} failed while switching to user {user:?}: {source}")]
-    Switch {
-        call: &'static str,
-        user: String,
-        source: io::Error,
-    },
+    Switch { call: &'static str, user: String, source: io::Error },
     #[error("privileges not dropped: {0}")]
     Verify(String),
 }
@@ -58,35 +54,22 @@ pub fn drop_privileges(user: &str) -> Result<(), PrivError> {
         if (ruid, euid, suid) == (account.uid, account.uid, account.uid) {
             return Ok(());
         }
-        return Err(PrivError::NotRoot {
-            user: user.to_string(),
-            uid: euid,
-        });
+        return Err(PrivError::NotRoot { user: user.to_string(), uid: euid });
     }
     let groups = supplementary_groups(&account)?;
     let switch = |call: &'static str, rc: libc::c_int| {
         if rc == 0 {
             Ok(())
         } else {
-            Err(PrivError::Switch {
-                call,
-                user: user.to_string(),
-                source: io::Error::last_os_error(),
-            })
+            Err(PrivError::Switch { call, user: user.to_string(), source: io::Error::last_os_error() })
         }
     };
     // Groups first: once the uid changes, setgroups and setresgid are no longer allowed.
     // SAFETY: setgroups reads `groups.len()` ids from a live slice.
-    switch("setgroups", unsafe {
-        libc::setgroups(groups.len(), groups.as_ptr())
-    })?;
+    switch("setgroups", unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
     // SAFETY: plain id-setting syscalls (glibc applies them to every thread it started).
-    switch("setresgid", unsafe {
-        libc::setresgid(account.gid, account.gid, account.gid)
-    })?;
-    switch("setresuid", unsafe {
-        libc::setresuid(account.uid, account.uid, account.uid)
-    })?;
+    switch("setresgid", unsafe { libc::setresgid(account.gid, account.gid, account.gid) })?;
+    switch("setresuid", unsafe { libc::setresuid(account.uid, account.uid, account.uid) })?;
     verify(&account)
 }
 
@@ -105,34 +88,25 @@ fn verify(account: &Account) -> Result<(), PrivError> {
     // SAFETY: setuid(0) is expected to fail with EPERM; if it succeeds we report it and the
     // caller exits.
     if unsafe { libc::setuid(0) } == 0 {
-        return Err(PrivError::Verify(
-            "setuid(0) succeeded after the switch".to_string(),
-        ));
+        return Err(PrivError::Verify("setuid(0) succeeded after the switch".to_string()));
     }
     // SAFETY: as above, for the group.
     if account.gid != 0 && unsafe { libc::setgid(0) } == 0 {
-        return Err(PrivError::Verify(
-            "setgid(0) succeeded after the switch".to_string(),
-        ));
+        return Err(PrivError::Verify("setgid(0) succeeded after the switch".to_string()));
     }
     verify_threads(account)
 }
 
 /// Every task of the process (including io_uring worker threads) must carry the new ids.
 fn verify_threads(account: &Account) -> Result<(), PrivError> {
-    let tasks = fs::read_dir("/proc/self/task")
-        .map_err(|e| PrivError::Verify(format!("/proc/self/task: {e}")))?;
+    let tasks = fs::read_dir("/proc/self/task").map_err(|e| PrivError::Verify(format!("/proc/self/task: {e}")))?;
     for task in tasks {
         let Ok(task) = task else { continue };
         // A thread that exited since the listing has no status any more: nothing to check.
         let Ok(status) = fs::read_to_string(task.path().join("status")) else {
             continue;
         };
-        let name = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Name:"))
-            .unwrap_or("?")
-            .trim();
+        let name = status.lines().find_map(|l| l.strip_prefix("Name:")).unwrap_or("?").trim();
         for (field, want) in [("Uid:", account.uid), ("Gid:", account.gid)] {
             let ids = status_ids(&status, field);
             if ids.len() != 4 || ids.iter().any(|&id| id != want) {
@@ -151,11 +125,7 @@ pub fn status_ids(status: &str, field: &str) -> Vec<u32> {
     status
         .lines()
         .find_map(|l| l.strip_prefix(field))
-        .map(|rest| {
-            rest.split_whitespace()
-                .filter_map(|id| id.parse().ok())
-                .collect()
-        })
+        .map(|rest| rest.split_whitespace().filter_map(|id| id.parse().ok()).collect())
         .unwrap_or_default()
 }
 
@@ -176,53 +146,33 @@ pub fn lookup_user(user: &str) -> Result<Account, PrivError> {
         let mut found: *mut libc::passwd = std::ptr::null_mut();
         // SAFETY: every pointer refers to memory we own for the duration of the call; the
         // strings written into `pwd` point into `buf`.
-        let rc = unsafe {
-            libc::getpwnam_r(
-                name.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut found,
-            )
-        };
+        let rc = unsafe { libc::getpwnam_r(name.as_ptr(), &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut found) };
         if rc == libc::ERANGE && buf.len() < 1 << 20 {
             buf.resize(buf.len() * 4, 0);
             continue;
         }
         if rc != 0 {
             let source = io::Error::from_raw_os_error(rc);
-            return Err(PrivError::Lookup {
-                user: user.to_string(),
-                source,
-            });
+            return Err(PrivError::Lookup { user: user.to_string(), source });
         }
         if found.is_null() {
             return Err(PrivError::UnknownUser(user.to_string()));
         }
         // SAFETY: getpwnam_r succeeded, so pw_name is a NUL-terminated string inside `buf`.
-        let name = unsafe { CStr::from_ptr(pwd.pw_name) }
-            .to_string_lossy()
-            .into_owned();
-        return Ok(Account {
-            name,
-            uid: pwd.pw_uid,
-            gid: pwd.pw_gid,
-        });
+        let name = unsafe { CStr::from_ptr(pwd.pw_name) }.to_string_lossy().into_owned();
+        return Ok(Account { name, uid: pwd.pw_uid, gid: pwd.pw_gid });
     }
 }
 
 /// The account's groups from the group database (its primary group included).
 fn supplementary_groups(account: &Account) -> Result<Vec<libc::gid_t>, PrivError> {
-    let name = CString::new(account.name.as_str())
-        .map_err(|_| PrivError::InvalidName(account.name.clone()))?;
+    let name = CString::new(account.name.as_str()).map_err(|_| PrivError::InvalidName(account.name.clone()))?;
     let mut groups: Vec<libc::gid_t> = vec![0; 32];
     for _ in 0..8 {
         let mut count = libc::c_int::try_from(groups.len()).unwrap_or(libc::c_int::MAX);
         // SAFETY: `groups` has room for `count` ids; getgrouplist updates count to the number
         // it found (or needs).
-        let rc = unsafe {
-            libc::getgrouplist(name.as_ptr(), account.gid, groups.as_mut_ptr(), &mut count)
-        };
+        let rc = unsafe { libc::getgrouplist(name.as_ptr(), account.gid, groups.as_mut_ptr(), &mut count) };
         let count = usize::try_from(count).unwrap_or(0);
         if rc >= 0 {
             groups.truncate(count);
@@ -230,10 +180,7 @@ fn supplementary_groups(account: &Account) -> Result<Vec<libc::gid_t>, PrivError
         }
         groups.resize(count.max(groups.len() * 2), 0);
     }
-    Err(PrivError::Lookup {
-        user: account.name.clone(),
-        source: io::Error::other("getgrouplist kept growing"),
-    })
+    Err(PrivError::Lookup { user: account.name.clone(), source: io::Error::other("getgrouplist kept growing") })
 }
 
 #[cfg(test)]
@@ -257,18 +204,9 @@ mod tests {
     #[test]
     fn unknown_and_invalid_users_fail_before_anything_changes() {
         let before = resuid();
-        assert!(matches!(
-            drop_privileges("ringlb-no-such-user"),
-            Err(PrivError::UnknownUser(_))
-        ));
-        assert!(matches!(
-            drop_privileges("bad\0name"),
-            Err(PrivError::InvalidName(_))
-        ));
-        assert!(matches!(
-            drop_privileges("root"),
-            Err(PrivError::RootTarget(_))
-        ));
+        assert!(matches!(drop_privileges("ringlb-no-such-user"), Err(PrivError::UnknownUser(_))));
+        assert!(matches!(drop_privileges("bad\0name"), Err(PrivError::InvalidName(_))));
+        assert!(matches!(drop_privileges("root"), Err(PrivError::RootTarget(_))));
         assert_eq!(resuid(), before);
     }
 

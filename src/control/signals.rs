@@ -47,7 +47,8 @@ pub fn install() -> io::Result<()> {
 /// Waits up to `timeout` for a handled signal.
 pub fn wait(timeout: Duration) -> Option<Signal> {
     let set = handled_set();
-    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+    let ts =
+        libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
     // SAFETY: sigtimedwait with a valid set and timeout; siginfo may be null.
     let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
     match sig {

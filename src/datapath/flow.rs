@@ -216,12 +216,7 @@ impl Flow {
                 out.push(Step::ReleasePipe);
             }
         }
-        if self.src_eof
-            && !self.has_pipe
-            && self.in_pipe == 0
-            && !self.in_flight_in
-            && self.shut == Shut::None
-        {
+        if self.src_eof && !self.has_pipe && self.in_pipe == 0 && !self.in_flight_in && self.shut == Shut::None {
             self.shut = Shut::InFlight;
             out.push(Step::ShutdownDst);
         }

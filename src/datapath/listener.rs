@@ -45,9 +45,6 @@ fn bind_one(addr: SocketAddr) -> io::Result<(RawFd, SocketAddr)> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
-    let local = socket
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| io::Error::other("listener has no inet address"))?;
+    let local = socket.local_addr()?.as_socket().ok_or_else(|| io::Error::other("listener has no inet address"))?;
     Ok((socket.into_raw_fd(), local))
 }

@@ -61,6 +61,12 @@ pub enum DataPathError {
     Worker { worker: usize, what: &'static str, source: io::Error },
 }
 
+/// Listening sockets bound by [`DataPath::bind`], not yet served.
+pub struct Listeners {
+    per_worker_fds: Vec<Vec<RawFd>>,
+    pub bound: Vec<BoundListener>,
+}
+
 /// The running workers.
 pub struct DataPath {
     shared: Arc<Shared>,
@@ -69,8 +75,9 @@ pub struct DataPath {
 }
 
 impl DataPath {
-    /// Binds every listener (one socket per worker) and starts the workers.
-    pub fn start(config: &Config, table: SharedTable) -> Result<DataPath, DataPathError> {
+    /// Binds every listener: one SO_REUSEPORT socket per worker. Done before privileges are
+    /// dropped and before any ring exists (see `start`).
+    pub fn bind(config: &Config) -> Result<Listeners, DataPathError> {
         let workers = config.runtime.workers.max(1);
         let mut bound = Vec::new();
         let mut per_worker_fds: Vec<Vec<RawFd>> = vec![Vec::new(); workers];
@@ -84,6 +91,14 @@ impl DataPath {
             }
             bound.push(BoundListener { name: l.name.clone(), addr, pool: l.pool.clone() });
         }
+        Ok(Listeners { per_worker_fds, bound })
+    }
+
+    /// Starts the workers on bound listeners. Rings are created here, in the worker threads, so
+    /// after any privilege drop: io_uring's kernel threads keep the credentials of their creator.
+    pub fn start(config: &Config, listeners: Listeners, table: SharedTable) -> Result<DataPath, DataPathError> {
+        let Listeners { per_worker_fds, bound } = listeners;
+        let workers = per_worker_fds.len();
         let shared = Arc::new(Shared {
             shutdown: AtomicBool::new(false),
             grace: config.runtime.shutdown_grace,
@@ -105,7 +120,6 @@ impl DataPath {
             let wake = eventfd().map_err(|source| DataPathError::Worker { worker: id, what: "eventfd", source })?;
             let spec = worker::WorkerSpec {
                 id,
-                workers,
                 listen_fds: fds,
                 wake_fd: wake,
                 table: table.clone(),

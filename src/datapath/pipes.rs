@@ -39,24 +39,12 @@ pub struct PipePool {
     unused: Vec<u32>,
     idle: Vec<Pipe>,
     max_idle: usize,
-    live: u32,
 }
 
 impl PipePool {
     /// A pool for at most `capacity` pipes in slots `base .. base + 2 * capacity`.
     pub fn new(base: u32, capacity: u32, max_idle: usize) -> PipePool {
-        PipePool {
-            base,
-            unused: (0..capacity).rev().collect(),
-            idle: Vec::with_capacity(max_idle),
-            max_idle,
-            live: 0,
-        }
-    }
-
-    /// Pipes that currently exist (idle or held).
-    pub fn live(&self) -> u32 {
-        self.live
+        PipePool { base, unused: (0..capacity).rev().collect(), idle: Vec::with_capacity(max_idle), max_idle }
     }
 
     /// An empty pipe: an idle one, or a new one. `Ok(None)` when the pool is at capacity.
@@ -69,10 +57,7 @@ impl PipePool {
         };
         let pipe = Pipe { index, base: self.base };
         match create_registered(submitter, pipe.read()) {
-            Ok(()) => {
-                self.live += 1;
-                Ok(Some(pipe))
-            }
+            Ok(()) => Ok(Some(pipe)),
             Err(e) => {
                 self.unused.push(index);
                 Err(e)
@@ -96,7 +81,6 @@ impl PipePool {
         if submitter.register_files_update(pipe.read(), &[-1, -1]).is_ok() {
             self.unused.push(pipe.index);
         }
-        self.live -= 1;
     }
 
     /// Destroys every idle pipe (worker shutdown).

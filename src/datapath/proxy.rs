@@ -179,7 +179,11 @@ impl Worker {
         let attempts_left = self.conns[slot as usize].attempts_left;
         let server = if attempts_left > 0 { self.pick(slot) } else { None };
         let Some(server) = server else {
-            let cause = if self.conns[slot as usize].tried.is_empty() { CloseCause::NoServer } else { CloseCause::ConnectFailed };
+            let cause = if self.conns[slot as usize].tried.is_empty() {
+                CloseCause::NoServer
+            } else {
+                CloseCause::ConnectFailed
+            };
             self.begin_close(slot, cause);
             return;
         };
@@ -299,7 +303,8 @@ impl Worker {
 
     fn arm_poll(&mut self, slot: u32, dir: usize) {
         let c = &mut self.conns[slot as usize];
-        let (fd, op) = if dir == C2B { (c.client, Op::ClientPoll) } else { (self.layout.backend_slot(slot), Op::BackendPoll) };
+        let (fd, op) =
+            if dir == C2B { (c.client, Op::ClientPoll) } else { (self.layout.backend_slot(slot), Op::BackendPoll) };
         if dir == C2B {
             c.client_poll = true;
         } else {
@@ -429,7 +434,9 @@ impl Worker {
             }
             Step::ArmPollOut => {
                 let op = if dir == C2B { Op::BackendPollOut } else { Op::ClientPollOut };
-                opcode::PollAdd::new(types::Fixed(dst), libc::POLLOUT as u32).build().user_data(ops::encode(op, slot, gen))
+                opcode::PollAdd::new(types::Fixed(dst), libc::POLLOUT as u32)
+                    .build()
+                    .user_data(ops::encode(op, slot, gen))
             }
             Step::ShutdownDst => {
                 let op = if dir == C2B { Op::ShutBackend } else { Op::ShutClient };
@@ -530,9 +537,11 @@ fn sockopt(slot: u32, level: libc::c_int, name: libc::c_int) -> squeue::Entry {
 }
 
 fn cancel_fd(slot: u32, conn: u32, gen: u32) -> squeue::Entry {
-    opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(slot)).all())
-        .build()
-        .user_data(ops::encode(Op::Cancel, conn, gen))
+    opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(slot)).all()).build().user_data(ops::encode(
+        Op::Cancel,
+        conn,
+        gen,
+    ))
 }
 
 fn close_entry(slot: u32) -> squeue::Entry {

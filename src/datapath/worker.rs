@@ -42,7 +42,6 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 
 pub struct WorkerSpec {
     pub id: usize,
-    pub workers: usize,
     pub listen_fds: Vec<RawFd>,
     pub wake_fd: RawFd,
     pub table: SharedTable,
@@ -171,13 +170,7 @@ impl Worker {
         register_alloc_range(&ring, 0, layout.conns)?;
         let mut iowq = [IOWQ_BOUNDED, IOWQ_UNBOUNDED];
         submitter.register_iowq_max_workers(&mut iowq)?;
-        debug!(
-            worker = spec.id,
-            conns = layout.conns,
-            pipes = layout.pipes,
-            table = layout.table_size(),
-            "ring ready"
-        );
+        debug!(worker = spec.id, conns = layout.conns, pipes = layout.pipes, table = layout.table_size(), "ring ready");
         let pools = spec.table.load().pools.len();
         let now = Instant::now();
         Ok(Worker {
@@ -429,7 +422,10 @@ impl Worker {
                     let err = io::Error::from_raw_os_error(e);
                     self.accept_log.warn(
                         now,
-                        format_args!("worker {}: accept failed ({err}); pausing accepts for {ACCEPT_BACKOFF:?}", self.id),
+                        format_args!(
+                            "worker {}: accept failed ({err}); pausing accepts for {ACCEPT_BACKOFF:?}",
+                            self.id
+                        ),
                     );
                     if more {
                         // A multishot accept that reports an error usually ends; make sure.

@@ -22,30 +22,17 @@ pub struct KernelVersion {
 
 impl KernelVersion {
     pub const fn new(major: u32, minor: u32) -> KernelVersion {
-        KernelVersion {
-            major,
-            minor,
-            patch: 0,
-        }
+        KernelVersion { major, minor, patch: 0 }
     }
 
     /// Parses a release as printed by `uname -r`: "6.18.44-fc-v657", "5.15.0-91-generic", "6.8".
     pub fn parse(release: &str) -> Option<KernelVersion> {
-        let numeric = release
-            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .next()?;
-        let mut parts = numeric
-            .split('.')
-            .filter(|p| !p.is_empty())
-            .map(str::parse::<u32>);
+        let numeric = release.split(|c: char| !(c.is_ascii_digit() || c == '.')).next()?;
+        let mut parts = numeric.split('.').filter(|p| !p.is_empty()).map(str::parse::<u32>);
         let major = parts.next()?.ok()?;
         let minor = parts.next()?.ok()?;
         let patch = parts.next().and_then(Result::ok).unwrap_or(0);
-        Some(KernelVersion {
-            major,
-            minor,
-            patch,
-        })
+        Some(KernelVersion { major, minor, patch })
     }
 }
 
@@ -80,10 +67,7 @@ impl fmt::Display for Rlimit {
 }
 
 fn getrlimit(resource: libc::__rlimit_resource_t) -> io::Result<Rlimit> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes one rlimit into the struct we own.
     if unsafe { libc::getrlimit(resource, &mut limit) } != 0 {
         return Err(io::Error::last_os_error());
@@ -95,10 +79,7 @@ fn getrlimit(resource: libc::__rlimit_resource_t) -> io::Result<Rlimit> {
             v
         }
     };
-    Ok(Rlimit {
-        soft: value(limit.rlim_cur),
-        hard: value(limit.rlim_max),
-    })
+    Ok(Rlimit { soft: value(limit.rlim_cur), hard: value(limit.rlim_max) })
 }
 
 /// Lifts this process's soft `RLIMIT_NOFILE` to its hard limit and returns the result.
@@ -107,10 +88,7 @@ fn getrlimit(resource: libc::__rlimit_resource_t) -> io::Result<Rlimit> {
 /// expects programs that need more to raise it themselves; call this before [`super::check_host`]
 /// so that the report shows the limit ringlb will run with.
 pub fn raise_nofile_limit() -> io::Result<Rlimit> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes one rlimit into the struct we own.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(io::Error::last_os_error());
@@ -176,9 +154,7 @@ fn kernel_release() -> String {
         if libc::uname(&mut name) != 0 {
             return String::new();
         }
-        std::ffi::CStr::from_ptr(name.release.as_ptr())
-            .to_string_lossy()
-            .into_owned()
+        std::ffi::CStr::from_ptr(name.release.as_ptr()).to_string_lossy().into_owned()
     }
 }
 
@@ -186,10 +162,7 @@ fn kernel_release() -> String {
 pub fn read_snapshot() -> HostSnapshot {
     let kernel_release = kernel_release();
     let kernel = KernelVersion::parse(&kernel_release);
-    let cap_eff = fs::read_to_string("/proc/self/status")
-        .ok()
-        .as_deref()
-        .and_then(parse_cap_eff);
+    let cap_eff = fs::read_to_string("/proc/self/status").ok().as_deref().and_then(parse_cap_eff);
     HostSnapshot {
         kernel,
         nofile: getrlimit(libc::RLIMIT_NOFILE).ok(),
@@ -201,14 +174,10 @@ pub fn read_snapshot() -> HostSnapshot {
         files_allocated: read_sysctl("fs.file-nr").as_deref().and_then(parse_file_nr),
         somaxconn: sysctl_u64("net.core.somaxconn"),
         tcp_max_syn_backlog: sysctl_u64("net.ipv4.tcp_max_syn_backlog"),
-        port_range: read_sysctl("net.ipv4.ip_local_port_range")
-            .as_deref()
-            .and_then(parse_port_range),
+        port_range: read_sysctl("net.ipv4.ip_local_port_range").as_deref().and_then(parse_port_range),
         tcp_tw_reuse: sysctl_u64("net.ipv4.tcp_tw_reuse"),
         pipe_user_pages_soft: sysctl_u64("fs.pipe-user-pages-soft"),
-        tcp_mem_max: read_sysctl("net.ipv4.tcp_mem")
-            .as_deref()
-            .and_then(parse_tcp_mem_max),
+        tcp_mem_max: read_sysctl("net.ipv4.tcp_mem").as_deref().and_then(parse_tcp_mem_max),
         conntrack_max: sysctl_u64("net.netfilter.nf_conntrack_max"),
         uring: uring::probe(kernel),
         kernel_release,
@@ -221,37 +190,13 @@ mod tests {
 
     #[test]
     fn kernel_releases_parse() {
-        assert_eq!(
-            KernelVersion::parse("6.18.44-fc-v657"),
-            Some(KernelVersion {
-                major: 6,
-                minor: 18,
-                patch: 44
-            })
-        );
-        assert_eq!(
-            KernelVersion::parse("5.15.0-91-generic"),
-            Some(KernelVersion {
-                major: 5,
-                minor: 15,
-                patch: 0
-            })
-        );
+        assert_eq!(KernelVersion::parse("6.18.44-fc-v657"), Some(KernelVersion { major: 6, minor: 18, patch: 44 }));
+        assert_eq!(KernelVersion::parse("5.15.0-91-generic"), Some(KernelVersion { major: 5, minor: 15, patch: 0 }));
         assert_eq!(KernelVersion::parse("6.8"), Some(KernelVersion::new(6, 8)));
-        assert_eq!(
-            KernelVersion::parse("6.7-rc3"),
-            Some(KernelVersion::new(6, 7))
-        );
+        assert_eq!(KernelVersion::parse("6.7-rc3"), Some(KernelVersion::new(6, 7)));
         assert_eq!(KernelVersion::parse("garbage"), None);
         assert_eq!(KernelVersion::parse(""), None);
-        assert!(
-            KernelVersion::new(6, 16)
-                > KernelVersion {
-                    major: 6,
-                    minor: 7,
-                    patch: 99
-                }
-        );
+        assert!(KernelVersion::new(6, 16) > KernelVersion { major: 6, minor: 7, patch: 99 });
         assert_eq!(KernelVersion::new(5, 19).to_string(), "5.19");
     }
 
@@ -270,8 +215,7 @@ mod tests {
 
     #[test]
     fn effective_capabilities_parse() {
-        let status =
-            "Name:\tringlb\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\nCapBnd:\t0\n";
+        let status = "Name:\tringlb\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\nCapBnd:\t0\n";
         let caps = parse_cap_eff(status).expect("CapEff");
         assert_ne!(caps & (1 << CAP_IPC_LOCK), 0);
         let status = "CapEff:\t0000000000000400\n";
@@ -281,21 +225,14 @@ mod tests {
 
     #[test]
     fn rlimits_render_unlimited() {
-        let limit = Rlimit {
-            soft: 1024,
-            hard: u64::MAX,
-        };
+        let limit = Rlimit { soft: 1024, hard: u64::MAX };
         assert_eq!(limit.to_string(), "1024 (hard unlimited)");
     }
 
     #[test]
     fn live_snapshot_reads_this_host() {
         let snap = read_snapshot();
-        assert!(
-            snap.kernel.is_some(),
-            "uname release {:?}",
-            snap.kernel_release
-        );
+        assert!(snap.kernel.is_some(), "uname release {:?}", snap.kernel_release);
         let nofile = snap.nofile.expect("RLIMIT_NOFILE");
         assert!(nofile.soft <= nofile.hard);
         assert!(snap.nr_open.is_some_and(|v| v >= 1024));

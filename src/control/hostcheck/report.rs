@@ -36,9 +36,15 @@ pub struct HostReport {
 impl HostReport {
     /// True when ringlb cannot run this load here: io_uring is unusable or a hard gap exists.
     pub fn fatal(&self) -> bool {
-        self.rows
-            .iter()
-            .any(|r| !r.ok && r.severity == Severity::Hard)
+        self.rows.iter().any(|r| !r.ok && r.severity == Severity::Hard)
+    }
+
+    /// True when io_uring itself is unusable here (disabled, no ring, a missing feature): the
+    /// only gaps that stop `ringlb run`, which otherwise starts and warns.
+    pub fn io_uring_unusable(&self) -> bool {
+        self.rows.iter().any(|r| {
+            !r.ok && r.severity == Severity::Hard && (r.setting.starts_with("io_uring") || r.setting == "kernel.io_uring_disabled")
+        })
     }
 
     /// Rows with a gap.
@@ -54,10 +60,7 @@ impl HostReport {
                     Severity::Hard => "error",
                     Severity::Soft => "warning",
                 };
-                let mut line = format!(
-                    "host {kind}: {} is {}, needs {}",
-                    r.setting, r.now, r.needed
-                );
+                let mut line = format!("host {kind}: {} is {}, needs {}", r.setting, r.now, r.needed);
                 if !r.advice.is_empty() {
                     let _ = write!(line, " ({})", r.advice);
                 }
@@ -78,12 +81,7 @@ impl HostReport {
                     (false, Severity::Hard) => "FAIL",
                     (false, Severity::Soft) => "warn",
                 };
-                [
-                    r.setting.clone(),
-                    r.now.clone(),
-                    r.needed.clone(),
-                    status.to_string(),
-                ]
+                [r.setting.clone(), r.now.clone(), r.needed.clone(), status.to_string()]
             })
             .collect();
         let mut widths = header.map(str::len);
@@ -127,10 +125,7 @@ mod tests {
     use super::*;
 
     fn report(rows: Vec<Row>) -> HostReport {
-        HostReport {
-            load: HostLoad::new(10_000, 2),
-            rows,
-        }
+        HostReport { load: HostLoad::new(10_000, 2), rows }
     }
 
     fn line(setting: &str, now: &str, ok: bool, severity: Severity) -> Row {
@@ -148,33 +143,16 @@ mod tests {
     fn table_is_aligned_and_ends_with_the_verdict() {
         let table = report(vec![
             line("net.core.somaxconn", "128", false, Severity::Soft),
-            line(
-                "RLIMIT_NOFILE (soft)",
-                "1024 (hard 1024)",
-                false,
-                Severity::Hard,
-            ),
+            line("RLIMIT_NOFILE (soft)", "1024 (hard 1024)", false, Severity::Hard),
             line("fs.nr_open", "1048576", true, Severity::Soft),
         ])
         .render_table();
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines[0], "host check for 10000 connections on 2 workers");
-        assert_eq!(
-            lines[1],
-            "setting               now               needed   status"
-        );
-        assert_eq!(
-            lines[2],
-            "net.core.somaxconn    128               >= 4096  warn"
-        );
-        assert_eq!(
-            lines[3],
-            "RLIMIT_NOFILE (soft)  1024 (hard 1024)  >= 4096  FAIL"
-        );
-        assert_eq!(
-            lines[4],
-            "fs.nr_open            1048576           >= 4096  ok"
-        );
+        assert_eq!(lines[1], "setting               now               needed   status");
+        assert_eq!(lines[2], "net.core.somaxconn    128               >= 4096  warn");
+        assert_eq!(lines[3], "RLIMIT_NOFILE (soft)  1024 (hard 1024)  >= 4096  FAIL");
+        assert_eq!(lines[4], "fs.nr_open            1048576           >= 4096  ok");
         assert_eq!(lines[5], "FAIL: 1 hard gap(s), 1 warning(s)");
         assert_eq!(lines.len(), 6);
     }

@@ -3,11 +3,7 @@
 use super::*;
 
 fn v(major: u32, minor: u32) -> KernelVersion {
-    KernelVersion {
-        major,
-        minor,
-        patch: 0,
-    }
+    KernelVersion { major, minor, patch: 0 }
 }
 
 /// A host tuned with tuning/1m.conf and the systemd drop-in, on kernel 6.18.
@@ -15,14 +11,8 @@ fn tuned_host() -> HostSnapshot {
     HostSnapshot {
         kernel_release: "6.18.0".to_string(),
         kernel: Some(v(6, 18)),
-        nofile: Some(Rlimit {
-            soft: 1 << 20,
-            hard: 1 << 20,
-        }),
-        memlock: Some(Rlimit {
-            soft: 64 << 20,
-            hard: 64 << 20,
-        }),
+        nofile: Some(Rlimit { soft: 1 << 20, hard: 1 << 20 }),
+        memlock: Some(Rlimit { soft: 64 << 20, hard: 64 << 20 }),
         cap_ipc_lock: false,
         io_uring_disabled: Some(0),
         nr_open: Some(1 << 20),
@@ -40,11 +30,7 @@ fn tuned_host() -> HostSnapshot {
 }
 
 fn find<'a>(report: &'a HostReport, setting: &str) -> &'a Row {
-    report
-        .rows
-        .iter()
-        .find(|r| r.setting == setting)
-        .unwrap_or_else(|| panic!("no row {setting}"))
+    report.rows.iter().find(|r| r.setting == setting).unwrap_or_else(|| panic!("no row {setting}"))
 }
 
 #[test]
@@ -71,11 +57,7 @@ fn a_million_connections_need_at_least_two_rings() {
     let report = evaluate(&load, &tuned_host());
     let table = find(&report, "registered slots per ring");
     assert!(!table.ok);
-    assert!(
-        table.advice.contains("at least 3 workers"),
-        "{}",
-        table.advice
-    );
+    assert!(table.advice.contains("at least 3 workers"), "{}", table.advice);
     assert!(report.fatal());
     let report = evaluate(&HostLoad::new(1_000_000, 4), &tuned_host());
     assert!(!report.fatal(), "{}", report.render_table());
@@ -112,24 +94,15 @@ fn port_range_without_known_backends_asks_for_enough_pairs() {
 
     host.port_range = Some((1024, 65_535));
     let report = evaluate(&HostLoad::new(1_000_000, 16), &host);
-    assert_eq!(
-        find(&report, "net.ipv4.ip_local_port_range").needed,
-        "16 (source, backend) pair(s)"
-    );
+    assert_eq!(find(&report, "net.ipv4.ip_local_port_range").needed, "16 (source, backend) pair(s)");
 }
 
 #[test]
 fn port_range_with_known_backends_checks_ports_per_pair() {
-    let load = HostLoad {
-        backend_pairs: Some(4),
-        ..HostLoad::new(100_000, 2)
-    };
+    let load = HostLoad { backend_pairs: Some(4), ..HostLoad::new(100_000, 2) };
     let mut host = tuned_host();
     host.port_range = Some((32_768, 60_999));
-    let ports = evaluate(&load, &host)
-        .rows
-        .into_iter()
-        .find(|r| r.setting.contains("port_range"));
+    let ports = evaluate(&load, &host).rows.into_iter().find(|r| r.setting.contains("port_range"));
     let ports = ports.expect("port row");
     assert_eq!(ports.needed, ">= 25000 ports (4 backend pairs)");
     assert!(ports.ok);
@@ -138,10 +111,7 @@ fn port_range_with_known_backends_checks_ports_per_pair() {
 #[test]
 fn a_low_descriptor_limit_is_a_hard_gap() {
     let mut host = tuned_host();
-    host.nofile = Some(Rlimit {
-        soft: 1024,
-        hard: 1024,
-    });
+    host.nofile = Some(Rlimit { soft: 1024, hard: 1024 });
     let report = evaluate(&HostLoad::new(10_000, 1), &host);
     let nofile = find(&report, "RLIMIT_NOFILE (soft)");
     assert!(!nofile.ok);
@@ -150,8 +120,7 @@ fn a_low_descriptor_limit_is_a_hard_gap() {
     assert!(report.fatal());
     let warnings = report.warnings();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0]
-        .starts_with("host error: RLIMIT_NOFILE (soft) is 1024 (hard 1024), needs >= 25064"));
+    assert!(warnings[0].starts_with("host error: RLIMIT_NOFILE (soft) is 1024 (hard 1024), needs >= 25064"));
 }
 
 #[test]
@@ -159,12 +128,7 @@ fn a_tuned_host_has_no_gaps() {
     let report = evaluate(&HostLoad::new(1_000_000, 16), &tuned_host());
     let gaps: Vec<_> = report.gaps().map(|r| r.setting.as_str()).collect();
     // Only the port range: 1M backend connections need 16 pairs, which only the config knows.
-    assert_eq!(
-        gaps,
-        ["net.ipv4.ip_local_port_range"],
-        "{}",
-        report.render_table()
-    );
+    assert_eq!(gaps, ["net.ipv4.ip_local_port_range"], "{}", report.render_table());
     assert!(!report.fatal());
 }
 
@@ -179,19 +143,10 @@ fn soft_gaps_warn_without_failing() {
     let report = evaluate(&load, &host);
     assert!(!report.fatal());
     let gaps: Vec<_> = report.gaps().map(|r| r.setting.as_str()).collect();
-    assert_eq!(
-        gaps,
-        [
-            "net.core.somaxconn",
-            "net.ipv4.tcp_tw_reuse",
-            "fs.pipe-user-pages-soft"
-        ]
-    );
+    assert_eq!(gaps, ["net.core.somaxconn", "net.ipv4.tcp_tw_reuse", "fs.pipe-user-pages-soft"]);
     let mut pipe_gap = |pages| {
         host.pipe_user_pages_soft = Some(pages);
-        evaluate(&load, &host)
-            .gaps()
-            .any(|r| r.setting == "fs.pipe-user-pages-soft")
+        evaluate(&load, &host).gaps().any(|r| r.setting == "fs.pipe-user-pages-soft")
     };
     assert!(pipe_gap(39_999));
     assert!(!pipe_gap(40_000));
@@ -221,18 +176,9 @@ fn io_uring_unavailable_is_fatal_and_hides_feature_rows() {
     host.uring = UringFacts::unavailable("Operation not permitted (os error 1)");
     let report = evaluate(&HostLoad::new(10, 1), &host);
     assert!(report.fatal());
-    assert!(!report
-        .rows
-        .iter()
-        .any(|r| r.setting.starts_with("io_uring IORING")));
-    assert_eq!(
-        find(&report, "io_uring ring").now,
-        "failed: Operation not permitted (os error 1)"
-    );
-    assert_eq!(
-        find(&report, "kernel.io_uring_disabled").severity,
-        Severity::Hard
-    );
+    assert!(!report.rows.iter().any(|r| r.setting.starts_with("io_uring IORING")));
+    assert_eq!(find(&report, "io_uring ring").now, "failed: Operation not permitted (os error 1)");
+    assert_eq!(find(&report, "kernel.io_uring_disabled").severity, Severity::Hard);
 }
 
 #[test]
@@ -254,10 +200,7 @@ fn a_missing_feature_is_fatal() {
 #[test]
 fn memlock_is_not_limited_with_cap_ipc_lock() {
     let mut host = tuned_host();
-    host.memlock = Some(Rlimit {
-        soft: 65_536,
-        hard: 65_536,
-    });
+    host.memlock = Some(Rlimit { soft: 65_536, hard: 65_536 });
     let load = HostLoad::new(10_000, 4);
     assert!(!find(&evaluate(&load, &host), "RLIMIT_MEMLOCK (soft)").ok);
     host.cap_ipc_lock = true;
@@ -268,15 +211,9 @@ fn memlock_is_not_limited_with_cap_ipc_lock() {
 fn conntrack_row_only_when_loaded() {
     let mut host = tuned_host();
     let load = HostLoad::new(100_000, 2);
-    assert!(!evaluate(&load, &host)
-        .rows
-        .iter()
-        .any(|r| r.setting.contains("conntrack")));
+    assert!(!evaluate(&load, &host).rows.iter().any(|r| r.setting.contains("conntrack")));
     host.conntrack_max = Some(262_144);
-    let row = evaluate(&load, &host)
-        .rows
-        .into_iter()
-        .find(|r| r.setting.contains("conntrack"));
+    let row = evaluate(&load, &host).rows.into_iter().find(|r| r.setting.contains("conntrack"));
     let row = row.expect("conntrack row");
     assert_eq!(row.needed, ">= 250000");
     assert!(row.ok);
@@ -295,11 +232,5 @@ fn tcp_mem_must_hold_every_socket_at_its_minimum() {
     let row = find(&report, "net.ipv4.tcp_mem (max pages)");
     assert!(!row.ok);
     assert_eq!(row.severity, Severity::Soft);
-    assert!(
-        find(
-            &evaluate(&HostLoad::new(100_000, 2), &host),
-            "net.ipv4.tcp_mem (max pages)"
-        )
-        .ok
-    );
+    assert!(find(&evaluate(&HostLoad::new(100_000, 2), &host), "net.ipv4.tcp_mem (max pages)").ok);
 }

@@ -66,10 +66,7 @@ impl Default for UringFacts {
 
 impl UringFacts {
     pub fn unavailable(error: &str) -> UringFacts {
-        UringFacts {
-            ring: Err(error.to_string()),
-            features: Vec::new(),
-        }
+        UringFacts { ring: Err(error.to_string()), features: Vec::new() }
     }
 
     /// Every feature present, as on a current kernel (for tests of the evaluation).
@@ -85,10 +82,7 @@ impl UringFacts {
                 detail: String::new(),
             })
             .collect();
-        UringFacts {
-            ring: Ok(()),
-            features,
-        }
+        UringFacts { ring: Ok(()), features }
     }
 }
 
@@ -117,43 +111,21 @@ const SOCKET: &str = "IORING_OP_SOCKET";
 const ACCEPT: &str = "multishot accept to direct descriptors";
 const IOWQ: &str = "IORING_REGISTER_IOWQ_MAX_WORKERS";
 const SETSOCKOPT: &str = "uring_cmd setsockopt";
-const PIPE: &str = "IORING_OP_PIPE";
+/// Confines the kernel's direct-descriptor allocator so that ringlb can place backend sockets and
+/// pipes in slots of its own choosing.
+const ALLOC_RANGE: &str = "IORING_REGISTER_FILE_ALLOC_RANGE";
 
 /// The features ringlb's data path is built on, in the order of the report.
 const FEATURES: [Feature; 6] = [
     // SHUTDOWN (5.11) is the newest of the base opcodes.
-    Feature {
-        name: BASE,
-        since: KernelVersion::new(5, 11),
-        method: Method::Probe,
-    },
-    Feature {
-        name: SOCKET,
-        since: KernelVersion::new(5, 19),
-        method: Method::Probe,
-    },
-    Feature {
-        name: ACCEPT,
-        since: KernelVersion::new(5, 19),
-        method: Method::Tried,
-    },
-    Feature {
-        name: IOWQ,
-        since: KernelVersion::new(5, 15),
-        method: Method::Tried,
-    },
+    Feature { name: BASE, since: KernelVersion::new(5, 11), method: Method::Probe },
+    Feature { name: SOCKET, since: KernelVersion::new(5, 19), method: Method::Probe },
+    Feature { name: ACCEPT, since: KernelVersion::new(5, 19), method: Method::Tried },
+    Feature { name: IOWQ, since: KernelVersion::new(5, 15), method: Method::Tried },
     // SOCKET_URING_OP_SETSOCKOPT: a sub-command of IORING_OP_URING_CMD, which the probe lists
     // since 5.19 whatever the sub-commands; only the version tells.
-    Feature {
-        name: SETSOCKOPT,
-        since: KernelVersion::new(6, 7),
-        method: Method::Version,
-    },
-    Feature {
-        name: PIPE,
-        since: KernelVersion::new(6, 16),
-        method: Method::Probe,
-    },
+    Feature { name: SETSOCKOPT, since: KernelVersion::new(6, 7), method: Method::Version },
+    Feature { name: ALLOC_RANGE, since: KernelVersion::new(6, 0), method: Method::Version },
 ];
 
 /// Creates a tiny ring and detects every feature in [`FEATURES`].
@@ -171,19 +143,10 @@ pub fn probe(kernel: Option<KernelVersion>) -> UringFacts {
         .iter()
         .map(|f| {
             let (supported, detail) = detect(f, &mut ring, probe.as_ref(), kernel);
-            FeatureFact {
-                name: f.name,
-                since: f.since,
-                method: f.method,
-                supported,
-                detail,
-            }
+            FeatureFact { name: f.name, since: f.since, method: f.method, supported, detail }
         })
         .collect();
-    UringFacts {
-        ring: Ok(()),
-        features,
-    }
+    UringFacts { ring: Ok(()), features }
 }
 
 /// Detects one feature: whether it is there, and a detail for the report (may be empty).
@@ -216,7 +179,7 @@ fn detect(
             Some(k) => opcode(opcode::UringCmd16::CODE).map(|cmd| cmd && k >= feature.since),
             None => Err("kernel version unknown".to_string()),
         },
-        PIPE => opcode(opcode::Pipe::CODE),
+        ALLOC_RANGE => kernel.map(|k| k >= feature.since).ok_or_else(|| "kernel version unknown".to_string()),
         other => Err(format!("no detection for {other}")),
     };
     (supported, String::new())
@@ -237,11 +200,8 @@ fn try_iowq_max_workers(ring: &IoUring) -> Result<bool, String> {
 fn try_multishot_direct_accept(ring: &mut IoUring) -> Result<bool, String> {
     const ACCEPT_TAG: u64 = 1;
     let text = |what: &str, e: io::Error| format!("{what}: {e}");
-    ring.submitter()
-        .register_files_sparse(4)
-        .map_err(|e| text("register_files_sparse", e))?;
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| text("bind 127.0.0.1:0", e))?;
+    ring.submitter().register_files_sparse(4).map_err(|e| text("register_files_sparse", e))?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| text("bind 127.0.0.1:0", e))?;
     let addr = listener.local_addr().map_err(|e| text("local_addr", e))?;
     // The handshake completes in the kernel; the connection waits in the accept queue.
     let _client = TcpStream::connect(addr).map_err(|e| text("connect", e))?;
@@ -272,21 +232,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn feature_list_names_are_unique_and_newest_is_pipe() {
+    fn feature_list_names_are_unique_and_newest_is_setsockopt() {
         let mut names: Vec<_> = FEATURES.iter().map(|f| f.name).collect();
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), FEATURES.len());
         let newest = FEATURES.iter().max_by_key(|f| f.since).map(|f| f.name);
-        assert_eq!(newest, Some(PIPE));
+        assert_eq!(newest, Some(SETSOCKOPT));
     }
 
     #[test]
     fn probe_on_this_host_detects_every_feature() {
         // io_uring is enabled here (see the machine notes); skip rather than fail elsewhere.
-        let facts = probe(KernelVersion::parse(
-            &super::super::live::read_snapshot().kernel_release,
-        ));
+        let facts = probe(KernelVersion::parse(&super::super::live::read_snapshot().kernel_release));
         if let Err(e) = &facts.ring {
             eprintln!("skipped: no io_uring here ({e})");
             return;
@@ -295,15 +253,7 @@ mod tests {
         for f in &facts.features {
             assert!(f.supported.is_ok(), "{}: {:?}", f.name, f.supported);
         }
-        let accept = facts
-            .features
-            .iter()
-            .find(|f| f.name == ACCEPT)
-            .expect("accept row");
-        assert_eq!(
-            accept.supported,
-            Ok(true),
-            "multishot direct accept (kernel >= 5.19 here)"
-        );
+        let accept = facts.features.iter().find(|f| f.name == ACCEPT).expect("accept row");
+        assert_eq!(accept.supported, Ok(true), "multishot direct accept (kernel >= 5.19 here)");
     }
 }
