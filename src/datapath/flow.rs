@@ -2,19 +2,24 @@
 //! state machine: readiness and completion events go in, the next operations to submit come out.
 //! It owns no descriptor and performs no I/O, so every rule below is unit-tested without a ring.
 //!
-//! Bytes go `src socket -> pipe -> dst socket` by two splices, which may run at the same time.
-//! The rules that keep it correct:
-//! - Readiness: a multishot poll on `src` bumps `rd_seq` on every wake-up. `readable` is cleared
-//!   only by an `EAGAIN` from a splice-in submitted after the latest wake-up, so a wake-up that
-//!   races with a splice is never lost.
-//! - `EAGAIN` from splice-in is ambiguous (socket empty, or pipe full). If the pipe held bytes when
-//!   the splice was submitted we assume "pipe full" and wait for the pipe to drain (`wait_room`);
-//!   only an `EAGAIN` on an empty pipe means the socket is empty (HAProxy reasons the same way).
+//! Bytes go `src socket -> pipe -> dst socket` by two splices. io_uring runs every splice on an
+//! io-wq kernel thread, so the flow is shaped to make as few of those trips as it can:
+//! - Readiness comes from a one-shot poll, which the kernel evaluates inline when it is armed: it
+//!   completes at once if bytes are waiting, so no splice is ever spent just to learn that a socket
+//!   is empty. `readable` means "a poll said so and no splice-in has been submitted since"; every
+//!   splice-in consumes it and the next poll, armed after the splice completes, re-checks.
+//! - With an empty pipe and a writable destination, splice-in and splice-out go as one hard-linked
+//!   pair (one io-wq trip moves a chunk end to end). The linked splice-out asks for a full pipe's
+//!   worth and moves what the splice-in put there; its `EAGAIN` means "pipe empty" when the
+//!   splice-in brought nothing, and "dst full" otherwise.
+//! - `EAGAIN` from a plain splice-in on a pipe that already held bytes is ambiguous (socket empty,
+//!   or pipe full): the flow waits for the pipe to drain (`wait_room`) before it polls again
+//!   (HAProxy reasons the same way).
 //! - `in_pipe` counts the bytes in the pipe; a pipe is given back only when it is empty and no
 //!   splice on it is in flight.
 //! - The source's FIN becomes `shutdown(SHUT_WR)` on `dst` once every byte before it is delivered.
 
-/// How many bytes one splice-in asks for (one default pipe's worth).
+/// How many bytes one splice asks for (one default pipe's worth).
 pub const SPLICE_LEN: u32 = 64 * 1024;
 
 /// The next operation a flow wants submitted. The flow has already marked it in flight.
@@ -22,8 +27,12 @@ pub const SPLICE_LEN: u32 = 64 * 1024;
 pub enum Step {
     /// The flow needs an empty pipe before it can read.
     NeedPipe,
+    /// Arm a one-shot POLLIN on src.
+    ArmPollIn,
     /// Splice up to `len` bytes from src into the pipe.
     SpliceIn { len: u32 },
+    /// Splice-in hard-linked to a splice-out of whatever it brought (the pipe is empty).
+    SpliceInOut { len: u32 },
     /// Splice `len` bytes from the pipe to dst.
     SpliceOut { len: u32 },
     /// dst refused bytes: wait for POLLOUT on it.
@@ -59,13 +68,16 @@ pub struct Flow {
     /// Bytes sitting in the pipe.
     pub in_pipe: u32,
     readable: bool,
-    rd_seq: u32,
-    in_seq: u32,
+    poll_armed: bool,
     in_had_data: bool,
     wait_room: bool,
     writable: bool,
     in_flight_in: bool,
     in_flight_out: bool,
+    /// The splice-out in flight is the linked half of a `SpliceInOut`.
+    out_linked: bool,
+    /// A linked splice-out result that arrived before its splice-in's.
+    early_out: Option<i32>,
     pollout_armed: bool,
     waiting_pipe: bool,
     src_eof: bool,
@@ -86,13 +98,14 @@ impl Flow {
             has_pipe: false,
             in_pipe: 0,
             readable: false,
-            rd_seq: 0,
-            in_seq: 0,
+            poll_armed: false,
             in_had_data: false,
             wait_room: false,
             writable: true,
             in_flight_in: false,
             in_flight_out: false,
+            out_linked: false,
+            early_out: None,
             pollout_armed: false,
             waiting_pipe: false,
             src_eof: false,
@@ -101,10 +114,10 @@ impl Flow {
         }
     }
 
-    /// src reported readiness (data, FIN or error: the next splice-in tells which).
+    /// The POLLIN poll on src completed (data, FIN, error or cancel: a splice tells which).
     pub fn on_readable(&mut self) {
+        self.poll_armed = false;
         self.readable = true;
-        self.rd_seq = self.rd_seq.wrapping_add(1);
     }
 
     /// A pipe was handed over after `NeedPipe`.
@@ -116,7 +129,7 @@ impl Flow {
 
     pub fn on_splice_in(&mut self, res: i32) -> Outcome {
         self.in_flight_in = false;
-        match res {
+        let outcome = match res {
             n if n > 0 => {
                 self.in_pipe += n as u32;
                 Outcome::Progress
@@ -126,21 +139,29 @@ impl Flow {
                 Outcome::Idle
             }
             e if e == -libc::EAGAIN || e == -libc::EINTR => {
-                if self.rd_seq != self.in_seq || e == -libc::EINTR {
-                    // A wake-up arrived after this splice was submitted: still readable.
-                } else if !self.in_had_data {
-                    self.readable = false;
-                } else if self.in_pipe > 0 || self.in_flight_out {
+                if self.in_had_data && (self.in_pipe > 0 || self.in_flight_out) {
                     self.wait_room = true;
                 }
-                // else: the pipe drained meanwhile; retry, the next EAGAIN is unambiguous.
+                // Otherwise the socket is empty (or the pipe drained meanwhile): poll again.
                 Outcome::Idle
             }
             e => Outcome::Failed(e),
+        };
+        let Some(out) = self.early_out.take() else { return outcome };
+        match (outcome, self.on_splice_out(out)) {
+            (failed @ Outcome::Failed(_), _) => failed,
+            (outcome, Outcome::Idle) => outcome,
+            (_, other) => other,
         }
     }
 
     pub fn on_splice_out(&mut self, res: i32) -> Outcome {
+        if self.out_linked && self.in_flight_in {
+            // The linked splice-out's completion overtook the splice-in's: apply it after.
+            self.early_out = Some(res);
+            return Outcome::Idle;
+        }
+        let linked = std::mem::take(&mut self.out_linked);
         self.in_flight_out = false;
         match res {
             n if n > 0 => {
@@ -150,6 +171,10 @@ impl Flow {
                 self.wait_room = false;
                 Outcome::Progress
             }
+            // A linked splice-out finding the pipe empty: the splice-in brought nothing.
+            e if linked && self.in_pipe == 0 && (e == -libc::EAGAIN || e == 0) => Outcome::Idle,
+            // After a failed splice-in the linked half has nothing to say.
+            _ if linked && self.src_eof && self.in_pipe == 0 => Outcome::Idle,
             e if e == -libc::EAGAIN => {
                 self.writable = false;
                 Outcome::Idle
@@ -188,19 +213,31 @@ impl Flow {
 
     /// Computes the operations to submit now, marking them in flight. At most one of each kind.
     pub fn next_steps(&mut self, out: &mut Vec<Step>) {
-        let wants_read = self.readable && !self.src_eof && !self.wait_room && !self.in_flight_in;
-        if !self.has_pipe {
-            if wants_read && !self.waiting_pipe {
-                self.waiting_pipe = true;
-                out.push(Step::NeedPipe);
-            }
-        } else {
-            if wants_read && self.in_pipe < SPLICE_LEN {
+        let may_read = !self.src_eof && !self.wait_room && !self.in_flight_in;
+        if may_read && self.readable {
+            if !self.has_pipe {
+                if !self.waiting_pipe {
+                    self.waiting_pipe = true;
+                    out.push(Step::NeedPipe);
+                }
+            } else if self.in_pipe == 0 && self.writable && !self.in_flight_out {
+                self.readable = false;
                 self.in_flight_in = true;
-                self.in_seq = self.rd_seq;
+                self.in_flight_out = true;
+                self.out_linked = true;
+                self.in_had_data = false;
+                out.push(Step::SpliceInOut { len: SPLICE_LEN });
+            } else if self.in_pipe < SPLICE_LEN {
+                self.readable = false;
+                self.in_flight_in = true;
                 self.in_had_data = self.in_pipe > 0;
                 out.push(Step::SpliceIn { len: SPLICE_LEN });
             }
+        } else if may_read && !self.poll_armed {
+            self.poll_armed = true;
+            out.push(Step::ArmPollIn);
+        }
+        if self.has_pipe {
             if !self.in_flight_out && self.in_pipe > 0 {
                 if self.writable {
                     self.in_flight_out = true;
@@ -216,7 +253,7 @@ impl Flow {
                 out.push(Step::ReleasePipe);
             }
         }
-        if self.src_eof && !self.has_pipe && self.in_pipe == 0 && !self.in_flight_in && self.shut == Shut::None {
+        if self.src_eof && !self.has_pipe && !self.in_flight_in && self.shut == Shut::None {
             self.shut = Shut::InFlight;
             out.push(Step::ShutdownDst);
         }
@@ -227,14 +264,18 @@ impl Flow {
 mod tests {
     use super::*;
 
+    const LEN: u32 = SPLICE_LEN;
+
     fn steps(flow: &mut Flow) -> Vec<Step> {
         let mut out = Vec::new();
         flow.next_steps(&mut out);
         out
     }
 
-    fn flow_with_pipe() -> Flow {
+    /// A flow whose src just became readable and which holds a pipe.
+    fn readable_with_pipe() -> Flow {
         let mut f = Flow::new();
+        assert_eq!(steps(&mut f), vec![Step::ArmPollIn]);
         f.on_readable();
         assert_eq!(steps(&mut f), vec![Step::NeedPipe]);
         f.on_pipe();
@@ -242,64 +283,101 @@ mod tests {
     }
 
     #[test]
-    fn idle_flow_asks_for_nothing() {
-        assert!(steps(&mut Flow::new()).is_empty());
+    fn idle_flow_only_polls_once() {
+        let mut f = Flow::new();
+        assert_eq!(steps(&mut f), vec![Step::ArmPollIn]);
+        assert!(steps(&mut f).is_empty(), "one poll at a time");
     }
 
     #[test]
-    fn readable_flow_reads_then_writes_then_releases_the_pipe() {
-        let mut f = flow_with_pipe();
-        assert_eq!(steps(&mut f), vec![Step::SpliceIn { len: SPLICE_LEN }]);
+    fn a_request_moves_in_one_linked_pair_then_polls_again() {
+        let mut f = readable_with_pipe();
+        assert_eq!(steps(&mut f), vec![Step::SpliceInOut { len: LEN }]);
+        assert!(steps(&mut f).is_empty(), "nothing more while the pair is in flight");
         assert_eq!(f.on_splice_in(100), Outcome::Progress);
-        // Still readable until EAGAIN proves otherwise: read more and write at once.
-        assert_eq!(steps(&mut f), vec![Step::SpliceIn { len: SPLICE_LEN }, Step::SpliceOut { len: 100 }]);
         assert_eq!(f.on_splice_out(100), Outcome::Progress);
-        assert_eq!(f.on_splice_in(-libc::EAGAIN), Outcome::Idle);
-        // The pipe held bytes when that splice-in was submitted (ambiguous), but it has drained
-        // since: retry, and that EAGAIN is unambiguous.
-        assert_eq!(steps(&mut f), vec![Step::SpliceIn { len: SPLICE_LEN }]);
-        assert_eq!(f.on_splice_in(-libc::EAGAIN), Outcome::Idle);
-        // On an empty pipe EAGAIN is unambiguous: not readable any more.
-        assert_eq!(steps(&mut f), vec![Step::ReleasePipe]);
-        assert!(steps(&mut f).is_empty());
+        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::ReleasePipe]);
         assert_eq!(f.delivered, 100);
     }
 
     #[test]
-    fn wakeup_racing_with_a_splice_is_not_lost() {
-        let mut f = flow_with_pipe();
-        assert_eq!(steps(&mut f), vec![Step::SpliceIn { len: SPLICE_LEN }]);
-        f.on_readable(); // data arrived while the splice was running
-        f.on_splice_in(-libc::EAGAIN);
-        assert_eq!(steps(&mut f), vec![Step::SpliceIn { len: SPLICE_LEN }]);
+    fn linked_out_overtaking_its_splice_in_is_applied_after_it() {
+        let mut f = readable_with_pipe();
+        steps(&mut f);
+        assert_eq!(f.on_splice_out(100), Outcome::Idle);
+        assert_eq!(f.on_splice_in(100), Outcome::Progress);
+        assert_eq!(f.in_pipe, 0);
+        assert_eq!(f.delivered, 100);
     }
 
     #[test]
-    fn eagain_with_bytes_in_the_pipe_waits_for_room() {
-        let mut f = flow_with_pipe();
+    fn linked_out_on_an_empty_pipe_is_not_a_full_destination() {
+        let mut f = readable_with_pipe();
+        steps(&mut f);
+        assert_eq!(f.on_splice_in(-libc::EAGAIN), Outcome::Idle);
+        assert_eq!(f.on_splice_out(-libc::EAGAIN), Outcome::Idle);
+        // Still writable: the next chunk goes as a linked pair again.
+        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::ReleasePipe]);
+        f.on_readable();
+        assert_eq!(steps(&mut f), vec![Step::NeedPipe]);
+        f.on_pipe();
+        assert_eq!(steps(&mut f), vec![Step::SpliceInOut { len: LEN }]);
+    }
+
+    #[test]
+    fn short_linked_write_sends_the_rest() {
+        let mut f = readable_with_pipe();
+        steps(&mut f);
+        f.on_splice_in(1000);
+        f.on_splice_out(600);
+        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::SpliceOut { len: 400 }]);
+        f.on_splice_out(400);
+        assert_eq!(steps(&mut f), vec![Step::ReleasePipe]);
+    }
+
+    #[test]
+    fn full_destination_waits_for_pollout_without_busy_looping() {
+        let mut f = readable_with_pipe();
         steps(&mut f);
         f.on_splice_in(4096);
-        // dst is full: the write gets EAGAIN, the read too (pipe full or socket empty).
-        assert_eq!(steps(&mut f), vec![Step::SpliceIn { len: SPLICE_LEN }, Step::SpliceOut { len: 4096 }]);
-        f.on_splice_out(-libc::EAGAIN);
+        assert_eq!(f.on_splice_out(-libc::EAGAIN), Outcome::Idle);
+        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::ArmPollOut]);
+        assert!(steps(&mut f).is_empty());
+        f.on_readable();
+        // More data while dst is full: read into the pipe (no linked pair: the pipe has bytes).
+        assert_eq!(steps(&mut f), vec![Step::SpliceIn { len: LEN }]);
+        // EAGAIN with bytes in the pipe is ambiguous (pipe full?): wait for room, don't poll.
         f.on_splice_in(-libc::EAGAIN);
-        assert_eq!(steps(&mut f), vec![Step::ArmPollOut]);
-        assert!(steps(&mut f).is_empty(), "no busy loop while waiting");
+        assert!(steps(&mut f).is_empty());
         f.on_writable();
         assert_eq!(steps(&mut f), vec![Step::SpliceOut { len: 4096 }]);
         f.on_splice_out(4096);
-        // Drained: reading resumes (the flow was never marked unreadable).
-        assert_eq!(steps(&mut f), vec![Step::SpliceIn { len: SPLICE_LEN }]);
+        // Room again: poll (it completes at once if bytes are still waiting).
+        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::ReleasePipe]);
+    }
+
+    #[test]
+    fn eagain_on_an_empty_pipe_means_the_socket_is_empty() {
+        let mut f = readable_with_pipe();
+        steps(&mut f);
+        f.on_splice_in(-libc::EAGAIN);
+        f.on_splice_out(-libc::EAGAIN);
+        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::ReleasePipe]);
     }
 
     #[test]
     fn fin_is_forwarded_after_the_last_byte() {
-        let mut f = flow_with_pipe();
+        let mut f = readable_with_pipe();
         steps(&mut f);
         f.on_splice_in(10);
-        assert_eq!(steps(&mut f), vec![Step::SpliceIn { len: SPLICE_LEN }, Step::SpliceOut { len: 10 }]);
+        f.on_splice_out(-libc::EAGAIN); // dst full for now
+        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::ArmPollOut]);
+        f.on_readable();
+        assert_eq!(steps(&mut f), vec![Step::SpliceIn { len: LEN }]);
         assert_eq!(f.on_splice_in(0), Outcome::Idle); // FIN
         assert!(steps(&mut f).is_empty(), "shutdown must wait for the bytes in the pipe");
+        f.on_writable();
+        assert_eq!(steps(&mut f), vec![Step::SpliceOut { len: 10 }]);
         f.on_splice_out(10);
         assert_eq!(steps(&mut f), vec![Step::ReleasePipe, Step::ShutdownDst]);
         assert!(!f.is_done());
@@ -310,28 +388,22 @@ mod tests {
     }
 
     #[test]
-    fn short_write_sends_the_rest() {
-        let mut f = flow_with_pipe();
+    fn fin_in_a_linked_pair_shuts_down_dst() {
+        let mut f = readable_with_pipe();
         steps(&mut f);
-        f.on_splice_in(1000);
-        f.on_splice_in_eof_free();
-        assert_eq!(steps(&mut f), vec![Step::SpliceOut { len: 1000 }]);
-        f.on_splice_out(600);
-        assert_eq!(steps(&mut f), vec![Step::SpliceOut { len: 400 }]);
+        assert_eq!(f.on_splice_in(0), Outcome::Idle);
+        assert_eq!(f.on_splice_out(-libc::EAGAIN), Outcome::Idle);
+        assert_eq!(steps(&mut f), vec![Step::ReleasePipe, Step::ShutdownDst]);
     }
 
     #[test]
     fn socket_errors_fail_the_flow() {
-        let mut f = flow_with_pipe();
+        let mut f = readable_with_pipe();
         steps(&mut f);
         assert_eq!(f.on_splice_in(-libc::ECONNRESET), Outcome::Failed(-libc::ECONNRESET));
+        let mut f = readable_with_pipe();
+        steps(&mut f);
+        f.on_splice_in(5);
         assert_eq!(f.on_splice_out(-libc::EPIPE), Outcome::Failed(-libc::EPIPE));
-    }
-
-    impl Flow {
-        /// Test helper: mark src as drained without a FIN.
-        fn on_splice_in_eof_free(&mut self) {
-            self.readable = false;
-        }
     }
 }

@@ -69,8 +69,6 @@ pub struct Conn {
     client: u32,
     backend_open: bool,
     inflight: u32,
-    client_poll: bool,
-    backend_poll: bool,
     flows: [Flow; 2],
     pipes: [Option<Pipe>; 2],
     connect: ConnectResults,
@@ -95,8 +93,6 @@ impl Conn {
             client: 0,
             backend_open: false,
             inflight: 0,
-            client_poll: false,
-            backend_poll: false,
             flows: [Flow::new(), Flow::new()],
             pipes: [None, None],
             connect: ConnectResults::default(),
@@ -140,8 +136,6 @@ impl Worker {
         c.client = client;
         c.backend_open = false;
         c.inflight = 0;
-        c.client_poll = false;
-        c.backend_poll = false;
         c.flows = [Flow::new(), Flow::new()];
         c.pipes = [None, None];
         c.tried.clear();
@@ -228,11 +222,6 @@ impl Worker {
         if !more {
             c.inflight -= 1;
         }
-        match op {
-            Op::ClientPoll if !more => c.client_poll = false,
-            Op::BackendPoll if !more => c.backend_poll = false,
-            _ => {}
-        }
         if c.phase == Phase::Closing {
             if c.inflight == 0 {
                 self.finish_close(slot);
@@ -241,8 +230,8 @@ impl Worker {
         }
         match op {
             Op::Socket | Op::SockOpt | Op::Connect | Op::ConnectTimeout => self.on_connect_step(slot, op, res),
-            Op::ClientPoll => self.on_poll(slot, C2B, res),
-            Op::BackendPoll => self.on_poll(slot, B2C, res),
+            Op::ClientPoll => self.on_poll(slot, C2B),
+            Op::BackendPoll => self.on_poll(slot, B2C),
             Op::BackendPollOut => self.on_pollout(slot, C2B),
             Op::ClientPollOut => self.on_pollout(slot, B2C),
             Op::C2bIn => self.on_flow(slot, C2B, res, true),
@@ -276,8 +265,8 @@ impl Worker {
         if r.connect == 0 {
             c.phase = Phase::Proxying;
             c.last_active = self.now;
-            self.arm_poll(slot, C2B);
-            self.arm_poll(slot, B2C);
+            // Both flows start by polling their source.
+            self.drive(slot);
             return;
         }
         let reason = if r.socket < 0 {
@@ -301,32 +290,8 @@ impl Worker {
         self.connect_next(slot);
     }
 
-    fn arm_poll(&mut self, slot: u32, dir: usize) {
-        let c = &mut self.conns[slot as usize];
-        let (fd, op) =
-            if dir == C2B { (c.client, Op::ClientPoll) } else { (self.layout.backend_slot(slot), Op::BackendPoll) };
-        if dir == C2B {
-            c.client_poll = true;
-        } else {
-            c.backend_poll = true;
-        }
-        c.inflight += 1;
-        let e = opcode::PollAdd::new(types::Fixed(fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
-            .multi(true)
-            .build()
-            .user_data(ops::encode(op, slot, c.gen));
-        self.push(&[e]);
-    }
-
-    fn on_poll(&mut self, slot: u32, dir: usize, res: i32) {
-        let c = &mut self.conns[slot as usize];
-        // Data, FIN, error, or a failed poll: in every case the next splice tells which.
-        let _ = res;
-        c.flows[dir].on_readable();
-        let armed = if dir == C2B { c.client_poll } else { c.backend_poll };
-        if !armed && !c.flows[dir].is_done() {
-            self.arm_poll(slot, dir);
-        }
+    fn on_poll(&mut self, slot: u32, dir: usize) {
+        self.conns[slot as usize].flows[dir].on_readable();
         self.drive(slot);
     }
 
@@ -416,6 +381,31 @@ impl Worker {
                 }
                 return false;
             }
+            Step::ArmPollIn => {
+                let op = if dir == C2B { Op::ClientPoll } else { Op::BackendPoll };
+                opcode::PollAdd::new(types::Fixed(src), (libc::POLLIN | libc::POLLRDHUP) as u32)
+                    .build()
+                    .user_data(ops::encode(op, slot, gen))
+            }
+            Step::SpliceInOut { len } => {
+                let Some(pipe) = c.pipes[dir] else { return false };
+                let (op_in, op_out) = if dir == C2B { (Op::C2bIn, Op::C2bOut) } else { (Op::B2cIn, Op::B2cOut) };
+                // A hard link runs the splice-out even when the splice-in is short or fails.
+                let pair = [
+                    opcode::Splice::new(types::Fixed(src), -1, types::Fixed(pipe.write()), -1, len)
+                        .flags(flags)
+                        .build()
+                        .flags(squeue::Flags::IO_HARDLINK)
+                        .user_data(ops::encode(op_in, slot, gen)),
+                    opcode::Splice::new(types::Fixed(pipe.read()), -1, types::Fixed(dst), -1, len)
+                        .flags(flags)
+                        .build()
+                        .user_data(ops::encode(op_out, slot, gen)),
+                ];
+                c.inflight += 2;
+                self.push(&pair);
+                return false;
+            }
             Step::SpliceIn { len } => {
                 let Some(pipe) = c.pipes[dir] else { return false };
                 let op = if dir == C2B { Op::C2bIn } else { Op::B2cIn };
@@ -437,6 +427,12 @@ impl Worker {
                 opcode::PollAdd::new(types::Fixed(dst), libc::POLLOUT as u32)
                     .build()
                     .user_data(ops::encode(op, slot, gen))
+            }
+            Step::ShutdownDst if c.flows[1 - dir].is_done() => {
+                // The other direction is finished too: the close that follows sends the FIN,
+                // so skip a shutdown (which io_uring would run on an io-wq thread).
+                c.flows[dir].on_shutdown();
+                return false;
             }
             Step::ShutdownDst => {
                 let op = if dir == C2B { Op::ShutBackend } else { Op::ShutClient };

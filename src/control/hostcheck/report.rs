@@ -43,7 +43,9 @@ impl HostReport {
     /// only gaps that stop `ringlb run`, which otherwise starts and warns.
     pub fn io_uring_unusable(&self) -> bool {
         self.rows.iter().any(|r| {
-            !r.ok && r.severity == Severity::Hard && (r.setting.starts_with("io_uring") || r.setting == "kernel.io_uring_disabled")
+            !r.ok
+                && r.severity == Severity::Hard
+                && (r.setting.starts_with("io_uring") || r.setting == "kernel.io_uring_disabled")
         })
     }
 

@@ -184,17 +184,17 @@ fn io_uring_unavailable_is_fatal_and_hides_feature_rows() {
 #[test]
 fn a_missing_feature_is_fatal() {
     let mut host = tuned_host();
-    host.kernel = Some(v(6, 8));
-    host.kernel_release = "6.8.0".to_string();
+    host.kernel = Some(v(6, 6));
+    host.kernel_release = "6.6.0".to_string();
     for f in &mut host.uring.features {
-        if f.since > v(6, 8) {
+        if f.since > v(6, 6) {
             f.supported = Ok(false);
         }
     }
     let report = evaluate(&HostLoad::new(10, 1), &host);
     assert!(report.fatal());
     let missing: Vec<_> = report.gaps().map(|r| r.setting.as_str()).collect();
-    assert_eq!(missing, ["kernel", "io_uring IORING_OP_PIPE"]);
+    assert_eq!(missing, ["kernel", "io_uring uring_cmd setsockopt"]);
 }
 
 #[test]
