@@ -125,6 +125,9 @@ pub struct Worker {
     pub table: SharedTable,
     acceptors: Vec<Acceptor>,
     accept_backoff_until: Option<Instant>,
+    /// Boxed so that a connection never moves: in-flight operations point into it (the connect
+    /// address, the link timeout) while the slab grows.
+    #[allow(clippy::vec_box)]
     pub conns: Vec<Box<Conn>>,
     free: Vec<u32>,
     pub live: u32,
