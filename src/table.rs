@@ -29,6 +29,26 @@ pub struct ServerEntry {
     pub name: String,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Health and admin state, as last published by the prober.
+    pub state: ServerState,
+}
+
+/// A server's state in one snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerState {
+    /// Takes new connections.
+    Up,
+    /// Failed its checks (or passive detection): no new connections.
+    Down,
+    /// Set aside by an operator: no new connections, open ones finish.
+    Draining,
+}
+
+impl ServerEntry {
+    /// May receive a new connection (health and weight; policies add their own limits).
+    pub fn usable(&self) -> bool {
+        self.state == ServerState::Up && self.weight > 0
+    }
 }
 
 impl BackendTable {
@@ -44,7 +64,12 @@ impl BackendTable {
                 servers: p
                     .servers
                     .iter()
-                    .map(|s| ServerEntry { name: s.name.clone(), addr: s.resolved, weight: s.weight })
+                    .map(|s| ServerEntry {
+                        name: s.name.clone(),
+                        addr: s.resolved,
+                        weight: s.weight,
+                        state: ServerState::Up,
+                    })
                     .collect(),
             })
             .collect();

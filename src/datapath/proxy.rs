@@ -153,14 +153,14 @@ impl Worker {
         self.connect_next(slot);
     }
 
-    /// Round robin over the pool's servers with weight > 0, skipping those already tried.
+    /// Round robin over the pool's usable servers, skipping those already tried.
     fn pick(&mut self, slot: u32) -> Option<usize> {
         let c = &self.conns[slot as usize];
         let table = c.table.as_ref()?;
         let servers = &table.pools[c.pool].servers;
         let n = servers.len();
         let cursor = self.rr.get(c.pool).copied().unwrap_or(0);
-        let pick = (0..n).map(|i| (cursor + i) % n).find(|&i| servers[i].weight > 0 && !c.tried.contains(&i))?;
+        let pick = (0..n).map(|i| (cursor + i) % n).find(|&i| servers[i].usable() && !c.tried.contains(&i))?;
         if let Some(r) = self.rr.get_mut(c.pool) {
             *r = pick + 1;
         }
