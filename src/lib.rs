@@ -1,6 +1,36 @@
 //! ringlb: a high-availability L4 TCP load balancer for Linux on io_uring.
 //!
-//! (Architecture picture and glossary: see README.md until filled in here.)
+//! # Architecture
+//!
+//! ```text
+//!                  control plane                          data path (one per core)
+//!   ┌───────────────────────────────────┐      ┌──────────────────────────────────────────┐
+//!   │ main.rs: config, signals, preflight│      │ worker N: one io_uring                    │
+//!   │ control/: hostcheck, privdrop      │      │   SO_REUSEPORT listener ─accept─▶ slab    │
+//!   │ health prober thread ──────────────┼─────▶│   client ─splice─▶ pipe ─splice─▶ backend │
+//!   │   (single writer of the table)     │ table│   backend ─splice─▶ pipe ─splice─▶ client │
+//!   └───────────────────────────────────┘(arc- │   sockets and pipes: registered (direct)  │
+//!                                         swap) │   descriptors in the ring's file table    │
+//!                                               └──────────────────────────────────────────┘
+//! ```
+//!
+//! - [`datapath`]: per-core workers. Each owns a ring, its listening sockets, a connection slab and
+//!   a pipe pool, and shares only the connection counters (for `max_connections`) with the others.
+//!   It depends on [`config`], [`table`] and nothing in the control plane.
+//! - [`table`]: the backend table, one immutable snapshot of pools and servers behind arc-swap.
+//! - [`config`]: TOML -> raw serde structs -> validated typed config, errors as `file:line:col`.
+//! - [`balance`]: balancing policies as pure code.
+//! - [`control`]: signals, host checks, privilege drop.
+//!
+//! # Glossary
+//!
+//! - **client** / **backend**: the two sides of a proxied connection; **c2b** / **b2c** the two
+//!   directions, each a [`datapath`] *flow*.
+//! - **slot** / **gen**: a connection's index in a worker's slab and the generation that changes
+//!   each time the slot is reused.
+//! - **direct descriptor**: a socket or pipe that lives only in a ring's registered file table; it
+//!   does not count against the process descriptor limit.
+//! - **table**: the published backend-table snapshot.
 
 pub mod balance;
 pub mod config;
