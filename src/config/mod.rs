@@ -74,6 +74,30 @@ pub struct RuntimeConfig {
     pub shutdown_grace: Duration,
     /// Account to switch to after binding, when started as root.
     pub user: Option<String>,
+    /// How the data path moves bytes.
+    pub splice: SpliceMode,
+}
+
+/// `runtime.splice`: when the data path uses splice (through pipes, on io-wq kernel threads)
+/// rather than recv/send through a memory buffer (completed inline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpliceMode {
+    /// Copy small messages; splice a direction once it carries a bulk transfer.
+    Auto,
+    /// Splice everything.
+    Always,
+    /// Copy everything.
+    Never,
+}
+
+impl SpliceMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SpliceMode::Auto => "auto",
+            SpliceMode::Always => "always",
+            SpliceMode::Never => "never",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -34,6 +34,7 @@ pub struct RawRuntime {
     pub max_connections: Option<Spanned<Int>>,
     pub shutdown_grace: Option<Spanned<String>>,
     pub user: Option<Spanned<String>>,
+    pub splice: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, DeriveDeserialize)]

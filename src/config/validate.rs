@@ -16,8 +16,9 @@ use super::locate::{KeyPath, Position};
 use super::raw::{Int, RawAdmin, RawConfig, RawPool, RawRuntime, RawServer};
 use super::{
     duration, AdminConfig, Balance, Config, ListenerConfig, PoolConfig, Problem, Resolve, RuntimeConfig, ServerConfig,
-    DEFAULT_ADMIN_BIND, DEFAULT_BALANCE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_RETRIES, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WEIGHT, DEFAULT_WORKERS, MAX_RETRIES, MAX_WEIGHT, MAX_WORKERS,
+    SpliceMode, DEFAULT_ADMIN_BIND, DEFAULT_BALANCE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_RETRIES, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WEIGHT, DEFAULT_WORKERS, MAX_RETRIES,
+    MAX_WEIGHT, MAX_WORKERS,
 };
 
 /// The longest listener or pool name; names end up in logs and metric labels.
@@ -84,7 +85,20 @@ impl Checker<'_> {
             }
             user => user.as_ref().map(|u| u.get_ref().clone()),
         };
-        RuntimeConfig { workers, max_connections, shutdown_grace, user }
+        let splice = match &raw.splice {
+            None => SpliceMode::Auto,
+            Some(v) => match v.get_ref().as_str() {
+                "auto" => SpliceMode::Auto,
+                "always" => SpliceMode::Always,
+                "never" => SpliceMode::Never,
+                other => {
+                    let message = format!("unknown value {other:?} (expected \"auto\", \"always\" or \"never\")");
+                    self.fail(v.span().start, Problem::BadValue { key: key.key("splice"), message });
+                    SpliceMode::Auto
+                }
+            },
+        };
+        RuntimeConfig { workers, max_connections, shutdown_grace, user, splice }
     }
 
     /// The admin section and its bind for the duplicate check (none when the bind is invalid).

@@ -18,15 +18,32 @@
 //! - `in_pipe` counts the bytes in the pipe; a pipe is given back only when it is empty and no
 //!   splice on it is in flight.
 //! - The source's FIN becomes `shutdown(SHUT_WR)` on `dst` once every byte before it is delivered.
+//!
+//! Copy mode: small messages are cheaper to copy than to hand to an io-wq thread, so a flow may
+//! move bytes with `recv` into a pooled memory buffer and `send` from it, both completed inline by
+//! the kernel. In `auto` mode a flow starts that way and switches to splice for good once a `recv`
+//! fills the whole buffer (a bulk transfer), as HAProxy's `splice-auto` does. Either way the flow
+//! holds its *buffer* (a pipe in splice mode, a memory buffer in copy mode) only while bytes are in it.
 
 /// How many bytes one splice asks for (one default pipe's worth).
 pub const SPLICE_LEN: u32 = 64 * 1024;
+/// Size of a copy-mode buffer; a `recv` that fills it marks the flow as bulk.
+pub const COPY_LEN: u32 = 16 * 1024;
+
+/// How a flow moves bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Through a pipe with splice (io-wq).
+    Splice,
+    /// Through a memory buffer with recv/send (inline).
+    Copy,
+}
 
 /// The next operation a flow wants submitted. The flow has already marked it in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// The flow needs an empty pipe before it can read.
-    NeedPipe,
+    /// The flow needs an empty buffer (a pipe, or a memory buffer in copy mode) before it can read.
+    NeedBuffer,
     /// Arm a one-shot POLLIN on src.
     ArmPollIn,
     /// Splice up to `len` bytes from src into the pipe.
@@ -35,10 +52,14 @@ pub enum Step {
     SpliceInOut { len: u32 },
     /// Splice `len` bytes from the pipe to dst.
     SpliceOut { len: u32 },
+    /// Copy mode: recv up to `len` bytes into the (empty) memory buffer.
+    Recv { len: u32 },
+    /// Copy mode: send `len` bytes from offset `off` of the memory buffer.
+    Send { off: u32, len: u32 },
     /// dst refused bytes: wait for POLLOUT on it.
     ArmPollOut,
-    /// The pipe is empty and idle: give it back to the pool.
-    ReleasePipe,
+    /// The buffer is empty and idle: give it back to its pool.
+    ReleaseBuffer,
     /// Everything before src's FIN is delivered: shutdown(SHUT_WR) dst.
     ShutdownDst,
 }
@@ -63,10 +84,17 @@ enum Shut {
 
 #[derive(Debug, Clone)]
 pub struct Flow {
-    /// Holding a pipe (bytes may be in it, or a splice on it in flight).
+    mode: Mode,
+    /// Copy mode switches to splice when a recv fills the buffer.
+    auto: bool,
+    /// Switch to splice once the current memory buffer is released.
+    go_splice: bool,
+    /// Holding a buffer (bytes may be in it, or an operation on it in flight).
     pub has_pipe: bool,
-    /// Bytes sitting in the pipe.
+    /// Bytes sitting in the buffer.
     pub in_pipe: u32,
+    /// Copy mode: bytes the last recv put in the memory buffer (so `filled - in_pipe` were sent).
+    filled: u32,
     readable: bool,
     poll_armed: bool,
     in_had_data: bool,
@@ -88,15 +116,20 @@ pub struct Flow {
 
 impl Default for Flow {
     fn default() -> Self {
-        Flow::new()
+        Flow::new(Mode::Splice, false)
     }
 }
 
 impl Flow {
-    pub fn new() -> Flow {
+    /// A flow starting in `mode`; with `auto`, a copy-mode flow turns to splice on bulk.
+    pub fn new(mode: Mode, auto: bool) -> Flow {
         Flow {
+            mode,
+            auto: auto && mode == Mode::Copy,
+            go_splice: false,
             has_pipe: false,
             in_pipe: 0,
+            filled: 0,
             readable: false,
             poll_armed: false,
             in_had_data: false,
@@ -120,7 +153,11 @@ impl Flow {
         self.readable = true;
     }
 
-    /// A pipe was handed over after `NeedPipe`.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// A buffer was handed over after `NeedBuffer`.
     pub fn on_pipe(&mut self) {
         debug_assert!(!self.has_pipe && self.in_pipe == 0);
         self.has_pipe = true;
@@ -155,6 +192,30 @@ impl Flow {
         }
     }
 
+    /// Copy mode: the recv into the empty memory buffer completed.
+    pub fn on_recv(&mut self, res: i32) -> Outcome {
+        self.in_flight_in = false;
+        match res {
+            n if n > 0 => {
+                let n = n as u32;
+                self.in_pipe = n;
+                self.filled = n;
+                if self.auto && n >= COPY_LEN {
+                    self.go_splice = true;
+                }
+                Outcome::Progress
+            }
+            0 => {
+                self.src_eof = true;
+                Outcome::Idle
+            }
+            // Nothing after all (a spurious wake-up): poll again.
+            e if e == -libc::EAGAIN || e == -libc::EINTR => Outcome::Idle,
+            e => Outcome::Failed(e),
+        }
+    }
+
+    /// A splice-out or (copy mode) a send completed.
     pub fn on_splice_out(&mut self, res: i32) -> Outcome {
         if self.out_linked && self.in_flight_in {
             // The linked splice-out's completion overtook the splice-in's: apply it after.
@@ -218,7 +279,14 @@ impl Flow {
             if !self.has_pipe {
                 if !self.waiting_pipe {
                     self.waiting_pipe = true;
-                    out.push(Step::NeedPipe);
+                    out.push(Step::NeedBuffer);
+                }
+            } else if self.mode == Mode::Copy {
+                // One recv per buffer: read again once everything read before has been sent.
+                if self.in_pipe == 0 && !self.in_flight_out {
+                    self.readable = false;
+                    self.in_flight_in = true;
+                    out.push(Step::Recv { len: COPY_LEN });
                 }
             } else if self.in_pipe == 0 && self.writable && !self.in_flight_out {
                 self.readable = false;
@@ -233,7 +301,7 @@ impl Flow {
                 self.in_had_data = self.in_pipe > 0;
                 out.push(Step::SpliceIn { len: SPLICE_LEN });
             }
-        } else if may_read && !self.poll_armed {
+        } else if may_read && !self.readable && !self.poll_armed {
             self.poll_armed = true;
             out.push(Step::ArmPollIn);
         }
@@ -241,7 +309,10 @@ impl Flow {
             if !self.in_flight_out && self.in_pipe > 0 {
                 if self.writable {
                     self.in_flight_out = true;
-                    out.push(Step::SpliceOut { len: self.in_pipe });
+                    out.push(match self.mode {
+                        Mode::Splice => Step::SpliceOut { len: self.in_pipe },
+                        Mode::Copy => Step::Send { off: self.filled - self.in_pipe, len: self.in_pipe },
+                    });
                 } else if !self.pollout_armed {
                     self.pollout_armed = true;
                     out.push(Step::ArmPollOut);
@@ -250,7 +321,10 @@ impl Flow {
             if self.in_pipe == 0 && !self.in_flight_in && !self.in_flight_out {
                 self.has_pipe = false;
                 self.wait_room = false;
-                out.push(Step::ReleasePipe);
+                out.push(Step::ReleaseBuffer);
+                if std::mem::take(&mut self.go_splice) {
+                    self.mode = Mode::Splice;
+                }
             }
         }
         if self.src_eof && !self.has_pipe && !self.in_flight_in && self.shut == Shut::None {
@@ -274,17 +348,17 @@ mod tests {
 
     /// A flow whose src just became readable and which holds a pipe.
     fn readable_with_pipe() -> Flow {
-        let mut f = Flow::new();
+        let mut f = Flow::new(Mode::Splice, false);
         assert_eq!(steps(&mut f), vec![Step::ArmPollIn]);
         f.on_readable();
-        assert_eq!(steps(&mut f), vec![Step::NeedPipe]);
+        assert_eq!(steps(&mut f), vec![Step::NeedBuffer]);
         f.on_pipe();
         f
     }
 
     #[test]
     fn idle_flow_only_polls_once() {
-        let mut f = Flow::new();
+        let mut f = Flow::new(Mode::Splice, false);
         assert_eq!(steps(&mut f), vec![Step::ArmPollIn]);
         assert!(steps(&mut f).is_empty(), "one poll at a time");
     }
@@ -296,7 +370,7 @@ mod tests {
         assert!(steps(&mut f).is_empty(), "nothing more while the pair is in flight");
         assert_eq!(f.on_splice_in(100), Outcome::Progress);
         assert_eq!(f.on_splice_out(100), Outcome::Progress);
-        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::ReleasePipe]);
+        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::ReleaseBuffer]);
         assert_eq!(f.delivered, 100);
     }
 
@@ -317,9 +391,9 @@ mod tests {
         assert_eq!(f.on_splice_in(-libc::EAGAIN), Outcome::Idle);
         assert_eq!(f.on_splice_out(-libc::EAGAIN), Outcome::Idle);
         // Still writable: the next chunk goes as a linked pair again.
-        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::ReleasePipe]);
+        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::ReleaseBuffer]);
         f.on_readable();
-        assert_eq!(steps(&mut f), vec![Step::NeedPipe]);
+        assert_eq!(steps(&mut f), vec![Step::NeedBuffer]);
         f.on_pipe();
         assert_eq!(steps(&mut f), vec![Step::SpliceInOut { len: LEN }]);
     }
@@ -332,7 +406,7 @@ mod tests {
         f.on_splice_out(600);
         assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::SpliceOut { len: 400 }]);
         f.on_splice_out(400);
-        assert_eq!(steps(&mut f), vec![Step::ReleasePipe]);
+        assert_eq!(steps(&mut f), vec![Step::ReleaseBuffer]);
     }
 
     #[test]
@@ -353,7 +427,7 @@ mod tests {
         assert_eq!(steps(&mut f), vec![Step::SpliceOut { len: 4096 }]);
         f.on_splice_out(4096);
         // Room again: poll (it completes at once if bytes are still waiting).
-        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::ReleasePipe]);
+        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::ReleaseBuffer]);
     }
 
     #[test]
@@ -362,7 +436,7 @@ mod tests {
         steps(&mut f);
         f.on_splice_in(-libc::EAGAIN);
         f.on_splice_out(-libc::EAGAIN);
-        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::ReleasePipe]);
+        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::ReleaseBuffer]);
     }
 
     #[test]
@@ -379,7 +453,7 @@ mod tests {
         f.on_writable();
         assert_eq!(steps(&mut f), vec![Step::SpliceOut { len: 10 }]);
         f.on_splice_out(10);
-        assert_eq!(steps(&mut f), vec![Step::ReleasePipe, Step::ShutdownDst]);
+        assert_eq!(steps(&mut f), vec![Step::ReleaseBuffer, Step::ShutdownDst]);
         assert!(!f.is_done());
         f.on_shutdown();
         assert!(f.is_done());
@@ -393,7 +467,7 @@ mod tests {
         steps(&mut f);
         assert_eq!(f.on_splice_in(0), Outcome::Idle);
         assert_eq!(f.on_splice_out(-libc::EAGAIN), Outcome::Idle);
-        assert_eq!(steps(&mut f), vec![Step::ReleasePipe, Step::ShutdownDst]);
+        assert_eq!(steps(&mut f), vec![Step::ReleaseBuffer, Step::ShutdownDst]);
     }
 
     #[test]
@@ -405,5 +479,69 @@ mod tests {
         steps(&mut f);
         f.on_splice_in(5);
         assert_eq!(f.on_splice_out(-libc::EPIPE), Outcome::Failed(-libc::EPIPE));
+    }
+
+    fn readable_copy(auto: bool) -> Flow {
+        let mut f = Flow::new(Mode::Copy, auto);
+        assert_eq!(steps(&mut f), vec![Step::ArmPollIn]);
+        f.on_readable();
+        assert_eq!(steps(&mut f), vec![Step::NeedBuffer]);
+        f.on_pipe();
+        f
+    }
+
+    #[test]
+    fn copy_mode_recvs_then_sends_the_rest_then_polls() {
+        let mut f = readable_copy(false);
+        assert_eq!(steps(&mut f), vec![Step::Recv { len: COPY_LEN }]);
+        assert_eq!(f.on_recv(300), Outcome::Progress);
+        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::Send { off: 0, len: 300 }]);
+        f.on_splice_out(100);
+        assert_eq!(steps(&mut f), vec![Step::Send { off: 100, len: 200 }]);
+        f.on_readable();
+        assert!(steps(&mut f).is_empty(), "no recv into a buffer that still holds bytes");
+        f.on_splice_out(200);
+        assert_eq!(steps(&mut f), vec![Step::Recv { len: COPY_LEN }]);
+        assert_eq!(f.on_recv(-libc::EAGAIN), Outcome::Idle);
+        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::ReleaseBuffer]);
+        assert_eq!(f.delivered, 300);
+    }
+
+    #[test]
+    fn auto_mode_turns_to_splice_after_a_full_buffer() {
+        let mut f = readable_copy(true);
+        steps(&mut f);
+        f.on_recv(COPY_LEN as i32);
+        assert_eq!(steps(&mut f), vec![Step::ArmPollIn, Step::Send { off: 0, len: COPY_LEN }]);
+        f.on_splice_out(COPY_LEN as i32);
+        assert_eq!(f.mode(), Mode::Copy, "the memory buffer is still held");
+        assert_eq!(steps(&mut f), vec![Step::ReleaseBuffer]);
+        assert_eq!(f.mode(), Mode::Splice);
+        f.on_readable();
+        assert_eq!(steps(&mut f), vec![Step::NeedBuffer]);
+        f.on_pipe();
+        assert_eq!(steps(&mut f), vec![Step::SpliceInOut { len: LEN }]);
+    }
+
+    #[test]
+    fn copy_mode_without_auto_never_splices() {
+        let mut f = readable_copy(false);
+        steps(&mut f);
+        f.on_recv(COPY_LEN as i32);
+        steps(&mut f);
+        f.on_splice_out(COPY_LEN as i32);
+        steps(&mut f);
+        assert_eq!(f.mode(), Mode::Copy);
+    }
+
+    #[test]
+    fn copy_mode_fin_and_errors() {
+        let mut f = readable_copy(true);
+        steps(&mut f);
+        assert_eq!(f.on_recv(0), Outcome::Idle);
+        assert_eq!(steps(&mut f), vec![Step::ReleaseBuffer, Step::ShutdownDst]);
+        let mut f = readable_copy(true);
+        steps(&mut f);
+        assert_eq!(f.on_recv(-libc::ECONNRESET), Outcome::Failed(-libc::ECONNRESET));
     }
 }

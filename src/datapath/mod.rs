@@ -7,9 +7,11 @@
 //! control plane talks to it through [`DataPath`]: the table it publishes and `shutdown()`.
 //!
 //! Files: `listener` (sockets), `worker` (ring set-up, event loop, accepts, timers), `proxy`
-//! (connect chain, splicing, teardown), `flow` (one direction's pure state machine), `pipes` (pool),
+//! (connect chain, splicing, teardown), `flow` (one direction's pure state machine), `pipes` and
+//! `buffers` (pools),
 //! `ops` (what `user_data` means).
 
+mod buffers;
 mod flow;
 mod listener;
 mod ops;
@@ -25,13 +27,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, SpliceMode};
 use crate::table::SharedTable;
 
 /// State shared by every worker: limits, live counters and the shutdown flag. Written rarely
 /// (once per connection open/close), never per byte.
 pub struct Shared {
     pub shutdown: AtomicBool,
+    pub splice: SpliceMode,
     pub grace: Duration,
     pub max_connections: u32,
     pub active: AtomicU32,
@@ -101,6 +104,7 @@ impl DataPath {
         let workers = per_worker_fds.len();
         let shared = Arc::new(Shared {
             shutdown: AtomicBool::new(false),
+            splice: config.runtime.splice,
             grace: config.runtime.shutdown_grace,
             max_connections: config.runtime.max_connections,
             active: AtomicU32::new(0),

@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, squeue, types};
 use tracing::debug;
 
-use super::flow::{Flow, Outcome, Step};
+use super::flow::{Flow, Mode, Outcome, Step};
 use super::ops::{self, Op};
 use super::pipes::Pipe;
 use super::worker::Worker;
+use crate::config::SpliceMode;
 use crate::table::BackendTable;
 
 const C2B: usize = 0;
@@ -71,6 +72,7 @@ pub struct Conn {
     inflight: u32,
     flows: [Flow; 2],
     pipes: [Option<Pipe>; 2],
+    bufs: [Option<u32>; 2],
     connect: ConnectResults,
     pub last_active: Instant,
     pub idle_timeout: Duration,
@@ -93,8 +95,9 @@ impl Conn {
             client: 0,
             backend_open: false,
             inflight: 0,
-            flows: [Flow::new(), Flow::new()],
+            flows: [Flow::default(), Flow::default()],
             pipes: [None, None],
+            bufs: [None, None],
             connect: ConnectResults::default(),
             last_active: Instant::now(),
             idle_timeout: Duration::MAX,
@@ -136,8 +139,14 @@ impl Worker {
         c.client = client;
         c.backend_open = false;
         c.inflight = 0;
-        c.flows = [Flow::new(), Flow::new()];
+        let (mode, auto) = match shared.splice {
+            SpliceMode::Auto => (Mode::Copy, true),
+            SpliceMode::Always => (Mode::Splice, false),
+            SpliceMode::Never => (Mode::Copy, false),
+        };
+        c.flows = [Flow::new(mode, auto), Flow::new(mode, auto)];
         c.pipes = [None, None];
+        c.bufs = [None, None];
         c.tried.clear();
         c.last_active = now;
         let Some(pool) = pool else {
@@ -302,7 +311,12 @@ impl Worker {
 
     fn on_flow(&mut self, slot: u32, dir: usize, res: i32, is_in: bool) {
         let c = &mut self.conns[slot as usize];
-        let outcome = if is_in { c.flows[dir].on_splice_in(res) } else { c.flows[dir].on_splice_out(res) };
+        let flow = &mut c.flows[dir];
+        let outcome = match (is_in, flow.mode()) {
+            (true, Mode::Copy) => flow.on_recv(res),
+            (true, Mode::Splice) => flow.on_splice_in(res),
+            (false, _) => flow.on_splice_out(res),
+        };
         match outcome {
             Outcome::Progress => c.last_active = self.now,
             Outcome::Idle => {}
@@ -355,7 +369,17 @@ impl Worker {
         let gen = c.gen;
         let flags = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE;
         let entry = match step {
-            Step::NeedPipe => {
+            Step::NeedBuffer if c.flows[dir].mode() == Mode::Copy => {
+                if let Some(buf) = self.buffers.get() {
+                    let c = &mut self.conns[slot as usize];
+                    c.bufs[dir] = Some(buf);
+                    c.flows[dir].on_pipe();
+                    return true;
+                }
+                self.pipe_waiters.push_back((slot, gen, dir));
+                return false;
+            }
+            Step::NeedBuffer => {
                 let got = self.pipes.get(&self.ring.submitter());
                 match got {
                     Ok(Some(pipe)) => {
@@ -374,12 +398,30 @@ impl Worker {
                 self.pipe_waiters.push_back((slot, gen, dir));
                 return false;
             }
-            Step::ReleasePipe => {
-                if let Some(pipe) = c.pipes[dir].take() {
+            Step::ReleaseBuffer => {
+                if let Some(buf) = c.bufs[dir].take() {
+                    self.buffers.put(buf);
+                    self.wake_pipe_waiter();
+                } else if let Some(pipe) = c.pipes[dir].take() {
                     self.pipes.put(&self.ring.submitter(), pipe);
                     self.wake_pipe_waiter();
                 }
                 return false;
+            }
+            Step::Recv { len } => {
+                let Some(buf) = c.bufs[dir] else { return false };
+                let op = if dir == C2B { Op::C2bIn } else { Op::B2cIn };
+                opcode::Recv::new(types::Fixed(src), self.buffers.ptr(buf, 0), len)
+                    .build()
+                    .user_data(ops::encode(op, slot, gen))
+            }
+            Step::Send { off, len } => {
+                let Some(buf) = c.bufs[dir] else { return false };
+                let op = if dir == C2B { Op::C2bOut } else { Op::B2cOut };
+                opcode::Send::new(types::Fixed(dst), self.buffers.ptr(buf, off), len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+                    .user_data(ops::encode(op, slot, gen))
             }
             Step::ArmPollIn => {
                 let op = if dir == C2B { Op::ClientPoll } else { Op::BackendPoll };
@@ -501,6 +543,7 @@ impl Worker {
         }
         let listener = c.listener;
         let pipes = [c.pipes[0].take(), c.pipes[1].take()];
+        let bufs = [c.bufs[0].take(), c.bufs[1].take()];
         let flows_empty = [c.flows[0].in_pipe == 0, c.flows[1].in_pipe == 0];
         self.push(&entries);
         for (pipe, empty) in pipes.into_iter().zip(flows_empty) {
@@ -512,6 +555,11 @@ impl Worker {
                 }
                 self.wake_pipe_waiter();
             }
+        }
+        for buf in bufs.into_iter().flatten() {
+            // Nothing is in flight any more, so the buffer is free whatever it holds.
+            self.buffers.put(buf);
+            self.wake_pipe_waiter();
         }
         self.release_slot(slot);
         self.live -= 1;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, squeue, types, IoUring};
 use tracing::{debug, info, warn};
 
+use super::buffers::BufferPool;
 use super::ops::{self, Op};
 use super::pipes::PipePool;
 use super::proxy::{CloseCause, Conn, Phase};
@@ -29,6 +30,8 @@ const IOWQ_UNBOUNDED: u32 = 2;
 const IOWQ_BOUNDED: u32 = 1;
 /// Most pipes one worker may hold (each is 16 pages by default; `fs.pipe-user-pages-soft`).
 const MAX_PIPES: u32 = 1024;
+/// Most copy-mode buffers one worker may hold (16 KiB each: 64 MiB).
+const MAX_BUFFERS: u32 = 4096;
 /// Idle pipes kept for reuse.
 const MAX_IDLE_PIPES: usize = 64;
 /// Below this many free connection slots, accepts switch from multishot to one at a time so
@@ -132,7 +135,8 @@ pub struct Worker {
     free: Vec<u32>,
     pub live: u32,
     pub pipes: PipePool,
-    /// Flows parked until a pipe frees up: (slot, gen, direction).
+    pub buffers: BufferPool,
+    /// Flows parked until a pipe or buffer frees up: (slot, gen, direction).
     pub pipe_waiters: VecDeque<(u32, u32, usize)>,
     /// Round-robin cursor per pool index.
     pub rr: Vec<usize>,
@@ -182,6 +186,7 @@ impl Worker {
             backlog: VecDeque::new(),
             layout,
             pipes: PipePool::new(layout.pipe_base(), layout.pipes, MAX_IDLE_PIPES),
+            buffers: BufferPool::new(MAX_BUFFERS),
             shared: spec.shared,
             table: spec.table,
             acceptors: spec
