@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ringlb", version, about = "High-availability L4 TCP load balancer on io_uring")]
+#[command(
+    name = "ringlb",
+    version,
+    about = "High-availability L4 TCP load balancer on io_uring"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,7 +40,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { .. } | Command::Check { .. } | Command::DemoBackend { .. } => {
+        Command::DemoBackend { bind, name } => match ringlb::demo_backend::run(&bind, &name) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringlb demo-backend: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { .. } | Command::Check { .. } => {
             eprintln!("ringlb: not yet implemented");
             ExitCode::FAILURE
         }
