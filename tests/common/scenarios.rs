@@ -171,6 +171,7 @@ pub struct ResettingBackend {
 }
 
 pub const PARTIAL_REPLY: &[u8] = b"partial reply";
+const HELLO: &[u8] = b"hello";
 
 impl ResettingBackend {
     pub async fn start() -> ResettingBackend {
@@ -179,18 +180,22 @@ impl ResettingBackend {
         let (tx, reset_at) = oneshot::channel();
         tokio::spawn(async move {
             let mut stream = accept_one(&listener).await;
-            let mut first = [0u8; 1];
+            let mut hello = [0u8; HELLO.len()];
             stream
-                .read_exact(&mut first)
+                .read_exact(&mut hello)
                 .await
-                .expect("backend reads the first byte");
+                .expect("backend reads the hello");
             stream
                 .write_all(PARTIAL_REPLY)
                 .await
                 .expect("backend sends a partial reply");
-            // Read a little more so the reset happens mid-stream, with bytes in flight.
-            let mut more = vec![0u8; 64 * 1024];
-            let _ = stream.read(&mut more).await;
+            // The client streams only once it has the partial reply, so when this byte is in,
+            // the reply was delivered and the reset hits a connection with bytes in flight.
+            let mut streamed = [0u8; 1];
+            stream
+                .read_exact(&mut streamed)
+                .await
+                .expect("backend reads streamed data");
             socket2::SockRef::from(&stream)
                 .set_linger(Some(Duration::ZERO))
                 .expect("SO_LINGER 0");
@@ -202,9 +207,17 @@ impl ResettingBackend {
 
     /// Returns how the client's connection ended and how long after the reset.
     pub async fn run(self, target: SocketAddr) -> (Closed, Duration) {
-        let stream = tokio::net::TcpStream::connect(target)
+        let mut stream = tokio::net::TcpStream::connect(target)
             .await
             .expect("connect");
+        stream.write_all(HELLO).await.expect("send the hello");
+        let mut partial = vec![0u8; PARTIAL_REPLY.len()];
+        tokio::time::timeout(SCENARIO_LIMIT, stream.read_exact(&mut partial))
+            .await
+            .expect("partial reply in time")
+            .expect("partial reply");
+        assert_eq!(partial, PARTIAL_REPLY);
+
         let (mut read, mut write) = stream.into_split();
         let writer = tokio::spawn(async move {
             let chunk = vec![7u8; 16 * 1024];
@@ -215,12 +228,6 @@ impl ResettingBackend {
                 }
             }
         });
-        let mut partial = vec![0u8; PARTIAL_REPLY.len()];
-        tokio::time::timeout(SCENARIO_LIMIT, read.read_exact(&mut partial))
-            .await
-            .expect("partial reply in time")
-            .expect("partial reply");
-        assert_eq!(partial, PARTIAL_REPLY);
         let reset_at = tokio::time::timeout(SCENARIO_LIMIT, self.reset_at)
             .await
             .expect("the backend reset in time")
