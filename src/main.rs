@@ -60,10 +60,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { config, host } => check(&config, host),
-        Command::DemoBackend { .. } => {
-            eprintln!("ringlb: not yet implemented");
-            ExitCode::FAILURE
-        }
+        Command::DemoBackend { bind, name } => match ringlb::demo_backend::run(&bind, &name) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringlb demo-backend: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
