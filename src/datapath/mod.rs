@@ -48,6 +48,32 @@ pub struct ListenerShared {
     pub active: AtomicU32,
 }
 
+impl Shared {
+    /// Counts one more served connection against the process and listener limits, or fails if
+    /// either is reached (exact under concurrency: a compare-and-swap on each counter).
+    pub fn try_reserve(&self, listener: usize) -> bool {
+        if !reserve(&self.active, self.max_connections) {
+            return false;
+        }
+        let l = &self.listeners[listener];
+        if !reserve(&l.active, l.max_connections) {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back a closed connection's count.
+    pub fn release(&self, listener: usize) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        self.listeners[listener].active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn reserve(counter: &AtomicU32, max: u32) -> bool {
+    counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1)).is_ok()
+}
+
 /// A bound listener, as reported at start-up.
 #[derive(Debug, Clone)]
 pub struct BoundListener {
@@ -60,6 +86,8 @@ pub struct BoundListener {
 pub enum DataPathError {
     #[error("listener {name}: cannot bind {addr}: {source}")]
     Bind { name: String, addr: SocketAddr, source: io::Error },
+    #[error("{0}")]
+    Startup(String),
     #[error("worker {worker}: {what}: {source}")]
     Worker { worker: usize, what: &'static str, source: io::Error },
 }
@@ -120,6 +148,7 @@ impl DataPath {
                 .collect(),
         });
         let mut handles = Vec::with_capacity(workers);
+        let (ready_tx, ready_rx) = crossbeam::channel::bounded(workers);
         for (id, fds) in per_worker_fds.into_iter().enumerate() {
             let wake = eventfd().map_err(|source| DataPathError::Worker { worker: id, what: "eventfd", source })?;
             let spec = worker::WorkerSpec {
@@ -132,11 +161,30 @@ impl DataPath {
             };
             let handle = std::thread::Builder::new()
                 .name(format!("ringlb-w{id}"))
-                .spawn(move || worker::run(spec))
+                .spawn({
+                    let ready = ready_tx.clone();
+                    move || worker::run(spec, ready)
+                })
                 .map_err(|source| DataPathError::Worker { worker: id, what: "spawn", source })?;
             handles.push((handle, wake));
         }
-        Ok(DataPath { shared, workers: handles, bound })
+        let datapath = DataPath { shared, workers: handles, bound };
+        for _ in 0..workers {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => {
+                    datapath.shutdown();
+                    let _ = datapath.join();
+                    return Err(DataPathError::Startup(message));
+                }
+                Err(_) => {
+                    datapath.shutdown();
+                    let _ = datapath.join();
+                    return Err(DataPathError::Startup("a worker exited during start-up".to_string()));
+                }
+            }
+        }
+        Ok(datapath)
     }
 
     /// Stops accepting; open connections get `shutdown_grace` to finish.

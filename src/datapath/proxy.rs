@@ -9,7 +9,6 @@
 //! reused while the kernel may still touch it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -116,18 +115,16 @@ impl Default for Conn {
 }
 
 impl Worker {
-    /// A client was accepted into registered slot `client`.
+    /// A client was accepted into registered slot `client`; it is already counted against the
+    /// limits (see `Shared::try_reserve`).
     pub fn open_connection(&mut self, listener: usize, client: u32) {
         let shared = self.shared.clone();
         self.live += 1;
-        shared.active.fetch_add(1, Ordering::Relaxed);
-        shared.listeners[listener].active.fetch_add(1, Ordering::Relaxed);
         let Some(slot) = self.alloc_slot() else {
             // The slab is as large as the accept range, so this cannot happen; close rather than leak.
             self.push(&[close_entry(client)]);
             self.live -= 1;
-            shared.active.fetch_sub(1, Ordering::Relaxed);
-            shared.listeners[listener].active.fetch_sub(1, Ordering::Relaxed);
+            shared.release(listener);
             return;
         };
         let table = self.table.load_full();
@@ -563,8 +560,8 @@ impl Worker {
         }
         self.release_slot(slot);
         self.live -= 1;
-        self.shared.active.fetch_sub(1, Ordering::Relaxed);
-        self.shared.listeners[listener].active.fetch_sub(1, Ordering::Relaxed);
+        self.shared.release(listener);
+        self.start_parked();
         self.update_accepts();
     }
 }

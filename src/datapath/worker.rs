@@ -34,8 +34,11 @@ const MAX_PIPES: u32 = 1024;
 const MAX_BUFFERS: u32 = 4096;
 /// Idle pipes kept for reuse.
 const MAX_IDLE_PIPES: usize = 64;
-/// Below this many free connection slots, accepts switch from multishot to one at a time so
-/// that `max_connections` holds exactly.
+/// Below this many free connection slots, accepts switch from multishot to one at a time, and at
+/// the limit they stop, so that new clients wait in the kernel's accept queue. A client accepted
+/// just as another worker took the last slot is parked (not connected to a backend) until a slot
+/// frees: the limit on served connections is exact, and parked clients are bounded by the accepts
+/// that were armed.
 const MULTISHOT_MARGIN: u32 = 256;
 /// How long accepts pause after EMFILE/ENFILE/ENOMEM.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -136,6 +139,8 @@ pub struct Worker {
     pub live: u32,
     pub pipes: PipePool,
     pub buffers: BufferPool,
+    /// Accepted clients waiting for a slot under the limits: (listener, client slot).
+    parked: VecDeque<(usize, u32)>,
     /// Flows parked until a pipe or buffer frees up: (slot, gen, direction).
     pub pipe_waiters: VecDeque<(u32, u32, usize)>,
     /// Round-robin cursor per pool index.
@@ -152,10 +157,22 @@ pub struct Worker {
     pub steps: Vec<super::flow::Step>,
 }
 
-pub fn run(spec: WorkerSpec) -> Result<(), DataPathError> {
+/// Runs a worker until shutdown. `ready` hears once whether the ring could be set up, so that
+/// start-up reports "running" only when every worker really is.
+pub fn run(spec: WorkerSpec, ready: crossbeam::channel::Sender<Result<(), String>>) -> Result<(), DataPathError> {
     let id = spec.id;
     let err = |what: &'static str| move |source: io::Error| DataPathError::Worker { worker: id, what, source };
-    let mut worker = Worker::new(spec).map_err(err("ring set-up"))?;
+    let mut worker = match Worker::new(spec) {
+        Ok(worker) => {
+            let _ = ready.send(Ok(()));
+            worker
+        }
+        Err(e) => {
+            let e = err("ring set-up")(e);
+            let _ = ready.send(Err(e.to_string()));
+            return Err(e);
+        }
+    };
     let result = worker.event_loop().map_err(err("event loop"));
     worker.pipes.clear(&worker.ring.submitter());
     for a in &worker.acceptors {
@@ -198,6 +215,7 @@ impl Worker {
             conns: Vec::new(),
             free: Vec::new(),
             live: 0,
+            parked: VecDeque::new(),
             pipe_waiters: VecDeque::new(),
             rr: vec![spec.id; pools],
             now,
@@ -278,7 +296,10 @@ impl Worker {
     }
 
     fn finished(&self) -> bool {
-        self.shutting_down.is_some() && self.live == 0 && self.acceptors.iter().all(|a| a.closed)
+        self.shutting_down.is_some()
+            && self.live == 0
+            && self.parked.is_empty()
+            && self.acceptors.iter().all(|a| a.closed)
     }
 
     fn dispatch(&mut self, user_data: u64, res: i32, flags: u32) {
@@ -321,6 +342,11 @@ impl Worker {
         if self.shared.shutdown.load(Ordering::SeqCst) && self.shutting_down.is_none() {
             self.shutting_down = Some(self.now + self.shared.grace);
             debug!(worker = self.id, live = self.live, "stopping: no new connections");
+            // Parked clients were never served: close them with the listeners.
+            while let Some((_, client)) = self.parked.pop_front() {
+                let e = opcode::Close::new(types::Fixed(client)).build().user_data(ops::encode(Op::Close, 0, 0));
+                self.push(&[e]);
+            }
             self.update_accepts();
             return;
         }
@@ -340,6 +366,9 @@ impl Worker {
         if self.accept_backoff_until.is_some_and(|t| self.now >= t) {
             self.accept_backoff_until = None;
         }
+        if self.shutting_down.is_none() {
+            self.start_parked();
+        }
         self.update_accepts();
         self.retry_pipe_waiters();
         let sweep_every = Duration::from_millis(250);
@@ -349,11 +378,25 @@ impl Worker {
         }
     }
 
-    /// Connection slots this worker may still fill now.
+    /// Connection slots this worker may still fill now. Nothing while a client is parked.
     fn accept_room(&self) -> u32 {
+        if !self.parked.is_empty() {
+            return 0;
+        }
         let global = self.shared.max_connections.saturating_sub(self.shared.active.load(Ordering::Relaxed));
         let slab = self.layout.conns.saturating_sub(self.live);
         global.min(slab)
+    }
+
+    /// Starts parked clients while the limits allow, oldest first.
+    pub fn start_parked(&mut self) {
+        while let Some(&(listener, client)) = self.parked.front() {
+            if !self.shared.try_reserve(listener) {
+                return;
+            }
+            self.parked.pop_front();
+            self.open_connection(listener, client);
+        }
     }
 
     /// Brings every acceptor to the state the limits, back-off and shutdown call for.
@@ -419,8 +462,18 @@ impl Worker {
         if !more {
             self.acceptors[listener].state = AcceptState::Idle;
         }
-        if res >= 0 {
-            self.open_connection(listener, res as u32);
+        if res >= 0 && self.shutting_down.is_some() {
+            // Accepted just before the cancel landed: too late to serve.
+            let e = opcode::Close::new(types::Fixed(res as u32)).build().user_data(ops::encode(Op::Close, 0, 0));
+            self.push(&[e]);
+        } else if res >= 0 {
+            // Another worker may have taken the last slot since this accept was armed: then the
+            // client waits here, unconnected, exactly as it would in the kernel's accept queue.
+            if self.parked.is_empty() && self.shared.try_reserve(listener) {
+                self.open_connection(listener, res as u32);
+            } else {
+                self.parked.push_back((listener, res as u32));
+            }
         } else {
             match -res {
                 libc::ECANCELED | libc::ECONNABORTED | libc::EINTR | libc::EAGAIN => {}
