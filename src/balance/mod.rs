@@ -76,6 +76,8 @@ mod rng;
 mod round_robin;
 mod weight;
 
+#[cfg(test)]
+mod tests;
 mod view;
 
 use std::fmt;
