@@ -134,6 +134,11 @@ impl ServerCounters {
     pub(crate) fn cell(&self, index: usize) -> &ServerCell {
         &self.cells[index]
     }
+
+    /// A handle on server `index`'s cell, for structures that read it without the index.
+    pub(crate) fn shared_cell(&self, index: usize) -> Arc<ServerCell> {
+        Arc::clone(&self.cells[index])
+    }
 }
 
 #[cfg(test)]

@@ -41,8 +41,9 @@
 //! tree nodes (relaxed atomics: they are hints, except the counters' reservation).
 
 use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
+use std::sync::Arc;
 
-use super::{Ctx, Pick, WorkerBalanceState, WEIGHT_UNIT};
+use super::{Ctx, Pick, ServerCell, WorkerBalanceState, WEIGHT_UNIT};
 
 /// Virtual time added per pick for one weight unit (a weight-1 server advances by
 /// `VTIME_SCALE / WEIGHT_UNIT` = 65536 per pick, a weight-256 one by 256).
@@ -56,14 +57,28 @@ const SCAN_ATTEMPTS: usize = 4;
 
 #[derive(Debug)]
 pub(crate) struct LeastConn {
-    /// Server indices by position.
-    members: Box<[u16]>,
+    /// The tier's servers by position, with what a comparison reads, one place per server.
+    members: Box<[Member]>,
     /// Position of each server index in `members`, or `NONE`.
     position: Box<[u16]>,
     /// Number of leaves: the smallest power of two >= members.len().
     leaves: usize,
-    /// Internal nodes 1..leaves (index 0 unused): the winning position of each subtree.
+    /// Internal nodes 1..leaves (node 1 is the root, the children of `j` are `2j` and `2j + 1`,
+    /// leaf `p` is at `leaves + p`; index 0 is unused): the winning position of each subtree.
     nodes: Box<[AtomicU16]>,
+}
+
+/// One server of the tier: its shared cell and its fixed parameters, read without going
+/// through the server index (one less dependent load per comparison).
+#[derive(Debug)]
+struct Member {
+    cell: Arc<ServerCell>,
+    server: u16,
+    max_connections: u32,
+    /// Configured weight in 1/WEIGHT_UNIT units (the effective weight outside slow start).
+    weight: u32,
+    /// Virtual time added per pick at the configured weight.
+    vtime_step: u64,
 }
 
 /// What a comparison needs of one server, read from the live counters.
@@ -97,31 +112,40 @@ fn beats(a: Key, b: Key) -> bool {
 
 impl LeastConn {
     pub(crate) fn build(members: &[u16], ctx: &Ctx<'_>) -> LeastConn {
-        let counters = ctx.counters;
         let leaves = members.len().next_power_of_two();
         let mut position = vec![NONE; ctx.servers.len()];
         for (p, &s) in members.iter().enumerate() {
             position[usize::from(s)] = p as u16;
         }
+        let members: Box<[Member]> = members
+            .iter()
+            .map(|&s| {
+                let server = usize::from(s);
+                let weight = ctx.full_weight(server);
+                Member {
+                    cell: ctx.counters.shared_cell(server),
+                    server: s,
+                    max_connections: ctx.max_connections(server),
+                    weight,
+                    vtime_step: VTIME_SCALE / u64::from(weight),
+                }
+            })
+            .collect();
         // A server back after a while (down, removed, or new) would win every tie until its
         // virtual time caught up with the others': bring every member within one weight-1 step
         // of the latest clock.
-        let latest = members
-            .iter()
-            .map(|&s| counters.cell(usize::from(s)).vtime())
-            .max();
+        let latest = members.iter().map(|m| m.cell.vtime()).max();
         let floor = latest
             .unwrap_or(0)
             .saturating_sub(VTIME_SCALE / u64::from(WEIGHT_UNIT));
-        for &s in members {
-            let cell = counters.cell(usize::from(s));
-            if cell.vtime() < floor {
-                cell.set_vtime(floor);
+        for m in members.iter() {
+            if m.cell.vtime() < floor {
+                m.cell.set_vtime(floor);
             }
         }
         let nodes = (0..leaves).map(|_| AtomicU16::new(NONE)).collect();
         let tree = LeastConn {
-            members: members.into(),
+            members,
             position: position.into(),
             leaves,
             nodes,
@@ -143,7 +167,7 @@ impl LeastConn {
         let root = self.root();
         if root != NONE {
             let p = usize::from(root);
-            let server = usize::from(self.members[p]);
+            let server = usize::from(self.members[p].server);
             if !ctx.excluded(server) {
                 if ctx.reserve(server).is_some() {
                     self.picked(ctx, p);
@@ -172,7 +196,7 @@ impl LeastConn {
             let mut best: Option<(usize, Key)> = None;
             let mut saw_full = false;
             for p in 0..self.members.len() {
-                if ctx.excluded(usize::from(self.members[p])) {
+                if ctx.excluded(usize::from(self.members[p].server)) {
                     continue;
                 }
                 let key = self.key(ctx, p);
@@ -189,7 +213,7 @@ impl LeastConn {
                     Pick::NoneUsable
                 };
             };
-            let server = usize::from(self.members[p]);
+            let server = usize::from(self.members[p].server);
             if ctx.reserve(server).is_some() {
                 self.picked(ctx, p);
                 return Pick::Server(server);
@@ -203,17 +227,19 @@ impl LeastConn {
     /// After a reservation on position `p`: advance its virtual time, replay its path.
     #[inline]
     fn picked(&self, ctx: &Ctx<'_>, p: usize) {
-        let server = usize::from(self.members[p]);
-        let cell = ctx.counters.cell(server);
-        let weight = ctx.weight(server).max(1);
-        cell.set_vtime(cell.vtime().wrapping_add(VTIME_SCALE / u64::from(weight)));
+        let m = &self.members[p];
+        let step = match ctx.ramp_now {
+            None => m.vtime_step,
+            Some(_) => VTIME_SCALE / u64::from(ctx.weight(usize::from(m.server)).max(1)),
+        };
+        m.cell.set_vtime(m.cell.vtime().wrapping_add(step));
         self.replay_path(ctx, p);
     }
 
     #[inline]
     fn root(&self) -> u16 {
         if self.leaves == 1 {
-            0
+            0 // a single server is its own root
         } else {
             self.nodes[1].load(Relaxed)
         }
@@ -234,21 +260,21 @@ impl LeastConn {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn key(&self, ctx: &Ctx<'_>, p: usize) -> Key {
-        let server = usize::from(self.members[p]);
-        let cell = ctx.counters.cell(server);
-        let active = cell.active();
-        let max = ctx.max_connections(server);
-        let weight = if max != 0 && active >= max {
+        let m = &self.members[p];
+        let active = m.cell.active();
+        let weight = if m.max_connections != 0 && active >= m.max_connections {
             0
+        } else if ctx.ramp_now.is_some() {
+            ctx.weight(usize::from(m.server))
         } else {
-            ctx.weight(server)
+            m.weight
         };
         Key {
             active,
             weight,
-            vtime: cell.vtime(),
+            vtime: m.cell.vtime(),
         }
     }
 
@@ -265,7 +291,7 @@ impl LeastConn {
             let other = self.winner(sibling);
             if other != NONE {
                 let other_key = self.key(ctx, usize::from(other));
-                // On a tie the left subtree wins, so that the tree is a pure function of the keys.
+                // On a tie the left subtree wins, so that the tree is a function of the keys.
                 let other_wins = if sibling < child {
                     !beats(winner_key, other_key)
                 } else {
@@ -300,7 +326,7 @@ impl LeastConn {
         }
     }
 
-    /// The winner of `node`'s two children, by their live keys.
+    /// The winner of `node`'s two children, by their live keys (the left one on a tie).
     #[inline]
     fn match_children(&self, ctx: &Ctx<'_>, node: usize) -> u16 {
         match (self.winner(2 * node), self.winner(2 * node + 1)) {

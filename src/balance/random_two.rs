@@ -72,9 +72,14 @@ impl RandomTwo {
                 (None, b) => (b, None),
                 (a, b) => (a, b),
             };
-            for candidate in [first, second].into_iter().flatten() {
-                if ctx.reserve(candidate.server).is_some() {
-                    return Pick::Server(candidate.server);
+            if let Some(c) = first {
+                if ctx.reserve(c.server).is_some() {
+                    return Pick::Server(c.server);
+                }
+            }
+            if let Some(c) = second {
+                if ctx.reserve(c.server).is_some() {
+                    return Pick::Server(c.server);
                 }
             }
         }
@@ -83,7 +88,7 @@ impl RandomTwo {
     }
 
     /// One weighted draw, or `None` if the drawn server cannot take the connection now.
-    #[inline]
+    #[inline(always)]
     fn candidate(&self, ctx: &Ctx<'_>, worker: &mut WorkerBalanceState) -> Option<Candidate> {
         let r = worker.rng.next_u64();
         let column = (((r >> 32) * self.members.len() as u64) >> 32) as usize;

@@ -66,9 +66,19 @@ impl Ctx<'_> {
     /// Effective weight of `server` now, in 1/[`WEIGHT_UNIT`] units.
     #[inline]
     pub(crate) fn weight(&self, server: usize) -> u32 {
+        match self.ramp_now {
+            None => self.full_weight(server),
+            Some(now) => self.ramped_weight(server, now),
+        }
+    }
+
+    /// The weight while some server ramps up (out of line: rare, and heavier).
+    #[cold]
+    #[inline(never)]
+    fn ramped_weight(&self, server: usize, now: Instant) -> u32 {
         let info = &self.servers[server];
-        match (info.ramp, self.ramp_now) {
-            (Some(ramp), Some(now)) if now < ramp.ends => effective_weight(
+        match info.ramp {
+            Some(ramp) if now < ramp.ends => effective_weight(
                 info.weight,
                 ramp.slow_start,
                 now.saturating_duration_since(ramp.up_since),
@@ -81,10 +91,16 @@ impl Ctx<'_> {
     /// probability 1 - effective / full weight, so that its share follows its effective weight.
     #[inline]
     pub(crate) fn ramp_skips(&self, server: usize, rng: &mut Rng) -> bool {
-        if self.ramp_now.is_none() {
-            return false;
+        match self.ramp_now {
+            None => false,
+            Some(now) => self.ramp_skips_now(server, now, rng),
         }
-        let (effective, full) = (self.weight(server), self.full_weight(server));
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn ramp_skips_now(&self, server: usize, now: Instant, rng: &mut Rng) -> bool {
+        let (effective, full) = (self.ramped_weight(server, now), self.full_weight(server));
         effective < full && rng.below(full) >= effective
     }
 
