@@ -85,7 +85,10 @@ impl Maglev {
                     // of the permutation visits every entry (M is prime), so this ends.
                     loop {
                         let entry = at[i] as usize;
-                        at[i] = (at[i] + skip[i]) % m;
+                        at[i] += skip[i]; // < 2m: one subtraction is a cheaper modulo
+                        if at[i] >= m {
+                            at[i] -= m;
+                        }
                         if table[entry] == NONE {
                             table[entry] = members[i];
                             filled += 1;

@@ -81,22 +81,58 @@ impl RoundRobin {
 /// into `weights`. Each step every server's running weight grows by its weight, the largest
 /// (first on ties) is chosen and loses the total. Weights are divided by their gcd first, which
 /// yields the same order over a shorter period.
+///
+/// Servers of equal weight move in lockstep: their running weights are all either some `top`
+/// or `top - total`, and the chosen one among them is always the lowest index still at `top`.
+/// So the steps run over the distinct weights (at most 256) instead of the servers (up to
+/// 1024), which keeps a build of the largest pools to tens of milliseconds.
 fn smooth_order(weights: &[u32]) -> Vec<usize> {
     let divisor = weights.iter().fold(0, |g, &w| gcd(g, w)).max(1);
-    let weights: Vec<i64> = weights.iter().map(|&w| i64::from(w / divisor)).collect();
-    let total: i64 = weights.iter().sum();
-    let mut current = vec![0i64; weights.len()];
+    let total: i64 = weights.iter().map(|&w| i64::from(w / divisor)).sum();
+
+    struct Class {
+        weight: i64,
+        /// Running weight of the members not yet chosen in this round.
+        top: i64,
+        /// Member positions, ascending.
+        members: Vec<usize>,
+        /// members[next..] are at `top`, members[..next] at `top - total`.
+        next: usize,
+    }
+    let mut classes: Vec<Class> = Vec::new();
+    for (p, &w) in weights.iter().enumerate() {
+        let weight = i64::from(w / divisor);
+        match classes.iter_mut().find(|c| c.weight == weight) {
+            Some(class) => class.members.push(p),
+            None => classes.push(Class {
+                weight,
+                top: 0,
+                members: vec![p],
+                next: 0,
+            }),
+        }
+    }
+
     let mut order = Vec::with_capacity(total as usize);
     for _ in 0..total {
         let mut best = 0;
-        for i in 0..current.len() {
-            current[i] += weights[i];
-            if current[i] > current[best] {
-                best = i;
+        for c in 0..classes.len() {
+            classes[c].top += classes[c].weight;
+            let (class, leader) = (&classes[c], &classes[best]);
+            if class.top > leader.top
+                || (class.top == leader.top
+                    && class.members[class.next] < leader.members[leader.next])
+            {
+                best = c;
             }
         }
-        current[best] -= total;
-        order.push(best);
+        let class = &mut classes[best];
+        order.push(class.members[class.next]);
+        class.next += 1;
+        if class.next == class.members.len() {
+            class.next = 0;
+            class.top -= total;
+        }
     }
     order
 }
@@ -128,6 +164,47 @@ mod tests {
         assert_eq!(order.len(), 279);
         for (p, &w) in weights.iter().enumerate() {
             assert_eq!(order.iter().filter(|&&q| q == p).count(), w as usize);
+        }
+    }
+
+    /// nginx's algorithm step by step, server by server: the reference for `smooth_order`.
+    fn reference_order(weights: &[u32]) -> Vec<usize> {
+        let divisor = weights.iter().fold(0, |g, &w| gcd(g, w)).max(1);
+        let weights: Vec<i64> = weights.iter().map(|&w| i64::from(w / divisor)).collect();
+        let total: i64 = weights.iter().sum();
+        let mut current = vec![0i64; weights.len()];
+        let mut order = Vec::new();
+        for _ in 0..total {
+            let mut best = 0;
+            for i in 0..current.len() {
+                current[i] += weights[i];
+                if current[i] > current[best] {
+                    best = i;
+                }
+            }
+            current[best] -= total;
+            order.push(best);
+        }
+        order
+    }
+
+    #[test]
+    fn smooth_order_by_weight_classes_is_nginx_order() {
+        let mut x = 12345u64;
+        for n in [1, 2, 3, 7, 16, 40] {
+            for spread in [1, 3, 10, 256] {
+                let weights: Vec<u32> = (0..n)
+                    .map(|_| {
+                        x = crate::balance::hash::mix(x);
+                        1 + (x % spread) as u32
+                    })
+                    .collect();
+                assert_eq!(
+                    smooth_order(&weights),
+                    reference_order(&weights),
+                    "{weights:?}"
+                );
+            }
         }
     }
 

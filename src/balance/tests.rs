@@ -492,3 +492,32 @@ fn invalid_pools_are_refused_with_the_reason() {
     assert_eq!("least-conn".parse(), Ok(Policy::LeastConn));
     assert!("leastconn".parse::<Policy>().is_err());
 }
+
+#[test]
+fn a_balancer_is_shared_by_workers_and_a_worker_state_moves_with_its_worker() {
+    fn shared<T: Send + Sync>() {}
+    fn sent<T: Send>() {}
+    shared::<Balancer>();
+    sent::<WorkerBalanceState>();
+}
+
+#[test]
+fn the_largest_pool_builds_and_picks_under_every_policy() {
+    // MAX_SERVERS servers with 256 distinct weights: the worst case of the round-robin period.
+    let weights: Vec<u32> = (0..MAX_SERVERS as u32)
+        .map(|i| 1 + (i * 37) % 256)
+        .collect();
+    let servers = specs(&weights);
+    for policy in ALL {
+        let started = Instant::now();
+        let balancer = build(policy, &servers);
+        let took = started.elapsed();
+        // Debug builds are slow; this bounds only pathological growth (release: < 0.1 s).
+        assert!(took < Duration::from_secs(20), "{policy}: {took:?}");
+        let mut worker = WorkerBalanceState::new(1);
+        assert!(matches!(
+            balancer.select(&mut worker, client(1), &ExcludeSet::new(), started),
+            Pick::Server(_)
+        ));
+    }
+}
