@@ -18,7 +18,7 @@ use std::sync::Arc;
 /// One server's shared state, alone on its cache line.
 #[derive(Debug, Default)]
 #[repr(align(64))]
-pub struct ServerCell {
+pub(crate) struct ServerCell {
     /// Connections picked for this server and not yet released.
     active: AtomicU32,
     /// least-conn only: the virtual time at which this server is next due when loads are equal
@@ -28,7 +28,7 @@ pub struct ServerCell {
 
 impl ServerCell {
     #[inline]
-    pub fn active(&self) -> u32 {
+    pub(crate) fn active(&self) -> u32 {
         self.active.load(Relaxed)
     }
 

@@ -43,7 +43,8 @@
 use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
 use std::sync::Arc;
 
-use super::{Ctx, Pick, ServerCell, WorkerBalanceState, WEIGHT_UNIT};
+use super::counters::ServerCell;
+use super::{Ctx, Pick, WorkerBalanceState, WEIGHT_UNIT};
 
 /// Virtual time added per pick for one weight unit (a weight-1 server advances by
 /// `VTIME_SCALE / WEIGHT_UNIT` = 65536 per pick, a weight-256 one by 256).
