@@ -82,6 +82,8 @@ mod round_robin;
 mod weight;
 
 #[cfg(test)]
+mod shared_tests;
+#[cfg(test)]
 mod tests;
 mod view;
 
@@ -188,6 +190,8 @@ pub enum BuildError {
 pub struct ServerSpec {
     /// Stable identity: counters carry over and source-hash places by this name.
     pub name: String,
+    /// Where to connect. Not read by the policies: a server is identified by its name (which
+    /// the configuration defaults to the address as written).
     pub addr: SocketAddr,
     /// 0..=[`MAX_WEIGHT`]; 0 = draining (keeps its connections, gets no new one).
     pub weight: u32,

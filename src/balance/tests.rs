@@ -1,9 +1,8 @@
-//! The properties every policy must keep, tested through the public interface.
+//! The properties every policy must keep, tested through the public interface, one worker at
+//! a time (what workers and successive balancers share: `shared_tests.rs`).
 
 use std::collections::{BinaryHeap, HashSet};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
-use std::thread;
 
 use super::hash::mix;
 use super::*;
@@ -11,7 +10,7 @@ use super::*;
 const SOURCE_HASH: Policy = Policy::SourceHash {
     table_size: DEFAULT_TABLE_SIZE,
 };
-const ALL: [Policy; 5] = [
+pub(super) const ALL: [Policy; 5] = [
     Policy::RoundRobin,
     Policy::LeastConn,
     SOURCE_HASH,
@@ -26,7 +25,7 @@ const WEIGHTED: [Policy; 4] = [
     Policy::RandomTwo,
 ];
 
-fn specs(weights: &[u32]) -> Vec<ServerSpec> {
+pub(super) fn specs(weights: &[u32]) -> Vec<ServerSpec> {
     (0..weights.len())
         .map(|i| ServerSpec {
             weight: weights[i],
@@ -39,11 +38,11 @@ fn specs(weights: &[u32]) -> Vec<ServerSpec> {
 }
 
 /// A different, well spread client address for every `i`.
-fn client(i: u64) -> IpAddr {
+pub(super) fn client(i: u64) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(mix(i) as u32))
 }
 
-fn build(policy: Policy, specs: &[ServerSpec]) -> Balancer {
+pub(super) fn build(policy: Policy, specs: &[ServerSpec]) -> Balancer {
     match Balancer::build(policy, specs, None) {
         Ok(balancer) => balancer,
         Err(e) => panic!("{policy}: {e}"),
@@ -283,71 +282,6 @@ fn all_full_is_told_apart_from_none_usable() {
 }
 
 #[test]
-fn max_connections_is_never_exceeded_by_concurrent_workers() {
-    const MAX: u32 = 2;
-    const THREADS: u64 = 4;
-    for policy in ALL {
-        let mut servers = specs(&[1, 2, 3, 1]);
-        servers.iter_mut().for_each(|s| s.max_connections = MAX);
-        let balancer = build(policy, &servers);
-        // Counted by the test itself, independently of the balancer's counters: raised after a
-        // pick, lowered before its release, so it never exceeds the balancer's own count.
-        let holders: Vec<AtomicU32> = (0..servers.len()).map(|_| AtomicU32::new(0)).collect();
-        let all_full = AtomicU32::new(0);
-        let start = std::sync::Barrier::new(THREADS as usize);
-        thread::scope(|scope| {
-            for t in 0..THREADS {
-                let (balancer, holders, all_full, start) = (&balancer, &holders, &all_full, &start);
-                scope.spawn(move || {
-                    start.wait();
-                    let (mut worker, now) = (WorkerBalanceState::new(t), Instant::now());
-                    let mut held = std::collections::VecDeque::new();
-                    for i in 0..20_000u64 {
-                        match balancer.select(
-                            &mut worker,
-                            client(i * THREADS + t),
-                            &ExcludeSet::new(),
-                            now,
-                        ) {
-                            Pick::Server(s) => {
-                                let now_held = holders[s].fetch_add(1, SeqCst) + 1;
-                                assert!(now_held <= MAX, "{policy}: server {s} holds {now_held}");
-                                assert!(balancer.counters().active(s) <= MAX);
-                                held.push_back(s);
-                            }
-                            Pick::AllFull => {
-                                all_full.fetch_add(1, SeqCst);
-                            }
-                            Pick::NoneUsable => panic!("{policy}: none usable"),
-                        }
-                        // A connection ends every 7 picks: alone, a thread fills all 8 slots; together,
-                        // the threads race for them.
-                        if i % 7 == 0 {
-                            if let Some(s) = held.pop_front() {
-                                holders[s].fetch_sub(1, SeqCst);
-                                balancer.release(s, now);
-                            }
-                        }
-                    }
-                    for s in held {
-                        holders[s].fetch_sub(1, SeqCst);
-                        balancer.release(s, now);
-                    }
-                });
-            }
-        });
-        assert!(
-            all_full.load(SeqCst) > 0,
-            "{policy}: the load never filled the servers"
-        );
-        assert!(
-            (0..servers.len()).all(|s| balancer.counters().active(s) == 0),
-            "{policy}: leaked counts"
-        );
-    }
-}
-
-#[test]
 fn weight_zero_gets_no_new_connection() {
     for policy in ALL {
         let counts = shares(&build(policy, &specs(&[1, 0, 1])), 10_000, Instant::now());
@@ -428,46 +362,6 @@ fn a_slow_starting_server_gets_the_share_of_its_effective_weight() {
 }
 
 #[test]
-fn counts_carry_over_to_the_next_balancer_by_name() {
-    let now = Instant::now();
-    let servers = specs(&[1, 1, 1]);
-    let old = build(Policy::LeastConn, &servers);
-    let mut worker = WorkerBalanceState::new(1);
-    for i in 0..6 {
-        assert!(matches!(
-            old.select(&mut worker, client(i), &ExcludeSet::new(), now),
-            Pick::Server(_)
-        ));
-    }
-    // s1 removed, s0 and s2 swapped, s3 added.
-    let mut next = vec![servers[2].clone(), servers[0].clone()];
-    next.push(ServerSpec::new(
-        "s3",
-        SocketAddr::from(([127, 0, 0, 1], 9000)),
-    ));
-    let new = match Balancer::build(Policy::LeastConn, &next, Some(&old)) {
-        Ok(b) => b,
-        Err(e) => panic!("{e}"),
-    };
-    assert_eq!(
-        (
-            new.counters().active(0),
-            new.counters().active(1),
-            new.counters().active(2)
-        ),
-        (2, 2, 0)
-    );
-    // least-conn on the new balancer sends the next connections to the empty newcomer.
-    assert_eq!(
-        new.select(&mut worker, client(1), &ExcludeSet::new(), now),
-        Pick::Server(2)
-    );
-    // Releases through the old balancer are seen by the new one.
-    old.release(0, now);
-    assert_eq!(new.counters().active(1), 1);
-}
-
-#[test]
 fn invalid_pools_are_refused_with_the_reason() {
     let mut servers = specs(&[1, 1]);
     servers[1].name = "s0".into();
@@ -491,14 +385,6 @@ fn invalid_pools_are_refused_with_the_reason() {
     assert_eq!(table(65_521), None);
     assert_eq!("least-conn".parse(), Ok(Policy::LeastConn));
     assert!("leastconn".parse::<Policy>().is_err());
-}
-
-#[test]
-fn a_balancer_is_shared_by_workers_and_a_worker_state_moves_with_its_worker() {
-    fn shared<T: Send + Sync>() {}
-    fn sent<T: Send>() {}
-    shared::<Balancer>();
-    sent::<WorkerBalanceState>();
 }
 
 #[test]
