@@ -3,7 +3,8 @@
 //! One worker, no I/O: each iteration is what the data path does for one connection,
 //! `select` (which reserves the slot) then `release`. The pool is kept busy in a steady state
 //! chosen so that every policy does its real work (see `prepare`). Each case is warmed up, then
-//! timed over several runs; the median run is reported, as a markdown table on stdout.
+//! timed over several runs, interleaved with the other cases; the median run is reported, as a
+//! markdown table on stdout.
 //! A last row times what least-conn would cost as a plain scan of every server's counter
 //! (the reason it uses a tree instead).
 //!
@@ -20,6 +21,8 @@ use ringlb::balance::{
 
 const SIZES: [usize; 3] = [2, 16, 256];
 const WARM_UP: usize = 200_000;
+/// Picks run, untimed, before each timed run (the previous case evicted some of the caches).
+const REWARM: usize = 20_000;
 const ITERATIONS: usize = 1_000_000;
 const RUNS: usize = 7;
 /// Distinct client addresses cycled through (source-hash reads a different table entry each).
@@ -60,38 +63,65 @@ fn run() -> Result<(), String> {
         },
     };
     let clients = clients();
-    let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut labels: Vec<String> = Vec::new();
+    let mut cases: Vec<Case<'_>> = Vec::new();
     for policy in POLICIES
         .into_iter()
         .filter(|p| only.is_none_or(|o| o == *p))
     {
-        let cells = sizes
-            .iter()
-            .map(|&n| {
-                measure(policy, n, &clients).map_err(|e| format!("{policy}, {n} servers: {e}"))
-            })
-            .collect::<Result<Vec<f64>, String>>()?;
-        rows.push((policy.to_string(), cells));
+        for &n in &sizes {
+            let case = policy_case(policy, n, &clients)
+                .map_err(|e| format!("{policy}, {n} servers: {e}"))?;
+            cases.push(case);
+        }
+        labels.push(policy.to_string());
     }
     if only.is_none() {
-        rows.push((
-            "(scan of every counter, for reference)".into(),
-            sizes.iter().map(|&n| measure_scan(n)).collect(),
-        ));
+        for &n in &sizes {
+            cases.push(scan_case(n)?);
+        }
+        labels.push("(scan of every counter, for reference)".into());
+    }
+
+    // Rounds interleave the cases, so that a burst of other load on the machine spoils one run
+    // of several cases rather than every run of one case; the median drops it.
+    let mut results: Vec<Vec<f64>> = vec![Vec::with_capacity(RUNS); cases.len()];
+    for case in &mut cases {
+        (case.run)(WARM_UP / case.divisor)?;
+    }
+    for _ in 0..RUNS {
+        for (case, results) in cases.iter_mut().zip(&mut results) {
+            (case.run)(REWARM / case.divisor)?;
+            results.push((case.run)(ITERATIONS / case.divisor)?);
+        }
     }
 
     let header: Vec<String> = sizes.iter().map(|n| format!("{n} servers")).collect();
     println!("| policy | {} |", header.join(" | "));
     println!("|---|{}", "---:|".repeat(sizes.len()));
-    for (label, cells) in rows {
-        let cells: Vec<String> = cells.iter().map(|ns| format!("{ns:.1}")).collect();
+    for (label, row) in labels.iter().zip(results.chunks_mut(sizes.len())) {
+        let cells: Vec<String> = row
+            .iter_mut()
+            .map(|runs| {
+                runs.sort_by(f64::total_cmp);
+                format!("{:.1}", runs[runs.len() / 2])
+            })
+            .collect();
         println!("| {label} | {} |", cells.join(" | "));
     }
     println!();
     println!(
-        "ns per pick (select + release), median of {RUNS} runs of {ITERATIONS} picks, one worker."
+        "ns per pick (select + release), median of {RUNS} interleaved runs of {ITERATIONS} picks, \
+         one worker."
     );
     Ok(())
+}
+
+/// One measured cell of the table: `run(n)` does `n` picks and returns nanoseconds per pick.
+struct Case<'a> {
+    run: Box<dyn FnMut(usize) -> Result<f64, String> + 'a>,
+    /// Slow cases run this many times fewer picks.
+    divisor: usize,
 }
 
 /// Mixed weights (1..=4), so that weighted policies cannot take shortcuts.
@@ -148,23 +178,13 @@ fn prepare(
     Ok(())
 }
 
-/// Warms up, then returns the median of `RUNS` timed runs of `run(ITERATIONS)` (ns per item).
-fn median_of_runs(mut run: impl FnMut(usize) -> Result<f64, String>) -> Result<f64, String> {
-    run(WARM_UP)?;
-    let mut results = (0..RUNS)
-        .map(|_| run(ITERATIONS))
-        .collect::<Result<Vec<f64>, String>>()?;
-    results.sort_by(f64::total_cmp);
-    Ok(results[RUNS / 2])
-}
-
-fn measure(policy: Policy, servers: usize, clients: &[IpAddr]) -> Result<f64, String> {
+fn policy_case(policy: Policy, servers: usize, clients: &[IpAddr]) -> Result<Case<'_>, String> {
     let balancer =
         Balancer::build(policy, &specs(policy, servers), None).map_err(|e| e.to_string())?;
     let mut worker = WorkerBalanceState::new(1);
     prepare(&balancer, policy, servers, &mut worker)?;
     let exclude = ExcludeSet::new();
-    median_of_runs(|iterations| {
+    let run = move |iterations: usize| {
         // One clock read per run, as the data path reads it once per batch of completions.
         let now = Instant::now();
         let start = Instant::now();
@@ -176,23 +196,23 @@ fn measure(policy: Policy, servers: usize, clients: &[IpAddr]) -> Result<f64, St
             }
         }
         Ok(start.elapsed().as_nanos() as f64 / iterations as f64)
+    };
+    Ok(Case {
+        run: Box::new(run),
+        divisor: 1,
     })
 }
 
 /// The naive least-conn: read every server's shared counter and keep the lowest
 /// active / weight (no reservation, no release: the scan alone).
-fn measure_scan(servers: usize) -> f64 {
+fn scan_case(servers: usize) -> Result<Case<'static>, String> {
     let specs = specs(Policy::LeastConn, servers);
-    let Ok(balancer) = Balancer::build(Policy::LeastConn, &specs, None) else {
-        return f64::NAN;
-    };
+    let balancer = Balancer::build(Policy::LeastConn, &specs, None).map_err(|e| e.to_string())?;
     let mut worker = WorkerBalanceState::new(1);
-    if prepare(&balancer, Policy::LeastConn, servers, &mut worker).is_err() {
-        return f64::NAN;
-    }
-    let counters = balancer.counters();
+    prepare(&balancer, Policy::LeastConn, servers, &mut worker)?;
     let weights: Vec<u64> = specs.iter().map(|s| u64::from(s.weight)).collect();
-    median_of_runs(|iterations| {
+    let run = move |iterations: usize| {
+        let counters = balancer.counters();
         let start = Instant::now();
         for _ in 0..iterations {
             let weights = black_box(&weights);
@@ -207,6 +227,9 @@ fn measure_scan(servers: usize) -> f64 {
             black_box(best);
         }
         Ok(start.elapsed().as_nanos() as f64 / iterations as f64)
+    };
+    Ok(Case {
+        run: Box::new(run),
+        divisor: (servers / 16).max(1),
     })
-    .unwrap_or(f64::NAN)
 }
