@@ -54,8 +54,9 @@ impl ServerCell {
         }
     }
 
-    /// Counts one connection less; returns the count before. A release without a reservation is a
-    /// bug in the caller: it is undone (the count never wraps below zero) and caught in debug builds.
+    /// Counts one connection less; returns the count before. A release without a reservation is
+    /// a bug in the caller: it is undone (the count never wraps below zero) and caught in debug
+    /// builds.
     #[inline]
     pub(crate) fn release(&self) -> u32 {
         let before = self.active.fetch_sub(1, Relaxed);

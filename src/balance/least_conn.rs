@@ -9,11 +9,11 @@
 //! counters (one cache line per server) costs a load, two multiplications and a compare per
 //! server, chained through the best so far: with 256 servers, about 0.45 µs per pick even when
 //! every line is in L1 (`pick-bench`'s reference row), against about 40 ns for a pick and its
-//! release through the tree. Instead, internal node `j` of a complete binary tree over the tier's servers holds the
-//! position of the best server of its subtree (node 1 is the root; the children of `j` are
-//! `2j` and `2j + 1`; leaves are implicit, `leaves + position`). The tree stores positions,
-//! never counts: every comparison reads the live counters, so it is never wrong about a count,
-//! only possibly about which child won.
+//! release through the tree. Instead, internal node `j` of a complete binary tree over the
+//! tier's servers holds the position of the best server of its subtree (node 1 is the root;
+//! the children of `j` are `2j` and `2j + 1`; leaves are implicit, `leaves + position`). The
+//! tree stores positions, never counts: every comparison reads the live counters, so it is
+//! never wrong about a count, only possibly about which child won.
 //!
 //! A pick reads the root, reserves a slot on that server and replays the matches on the path
 //! from its leaf to the root (log2 n comparisons, each reading one sibling's counter). A

@@ -169,7 +169,10 @@ impl fmt::Display for Policy {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown balance policy `{0}` (expected round-robin, least-conn, source-hash, random-two or first)")]
+#[error(
+    "unknown balance policy `{0}` \
+     (expected round-robin, least-conn, source-hash, random-two or first)"
+)]
 pub struct UnknownPolicy(pub String);
 
 /// Why a balancer could not be built from a pool's servers.
@@ -183,7 +186,10 @@ pub enum BuildError {
     WeightOutOfRange { name: String, weight: u32 },
     #[error("source-hash table size {0} must be a prime number")]
     TableSizeNotPrime(u32),
-    #[error("source-hash table size {size} must be between the number of servers ({servers}) and {MAX_TABLE_SIZE}")]
+    #[error(
+        "source-hash table size {size} must be between the number of servers ({servers}) \
+         and {MAX_TABLE_SIZE}"
+    )]
     TableSizeOutOfRange { size: u32, servers: usize },
 }
 

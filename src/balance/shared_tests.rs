@@ -47,8 +47,8 @@ fn max_connections_is_never_exceeded_by_concurrent_workers() {
                             }
                             Pick::NoneUsable => panic!("{policy}: none usable"),
                         }
-                        // A connection ends every 7 picks: alone, a thread fills all 8 slots; together,
-                        // the threads race for them.
+                        // A connection ends every 7 picks: alone, a thread fills all 8
+                        // slots; together, the threads race for them.
                         if i % 7 == 0 {
                             if let Some(s) = held.pop_front() {
                                 holders[s].fetch_sub(1, SeqCst);
