@@ -44,10 +44,7 @@ impl ServerCell {
             if current >= max {
                 return None;
             }
-            match self
-                .active
-                .compare_exchange_weak(current, current + 1, Relaxed, Relaxed)
-            {
+            match self.active.compare_exchange_weak(current, current + 1, Relaxed, Relaxed) {
                 Ok(_) => return Some(current + 1),
                 Err(now) => current = now,
             }
@@ -108,10 +105,7 @@ impl ServerCounters {
             out_names.push(Box::from(name));
             cells.push(cell);
         }
-        ServerCounters {
-            names: out_names.into(),
-            cells: cells.into(),
-        }
+        ServerCounters { names: out_names.into(), cells: cells.into() }
     }
 
     pub fn len(&self) -> usize {

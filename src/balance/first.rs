@@ -36,14 +36,8 @@ impl First {
             position[usize::from(s)] = p as u16;
         }
         // All clear: the first picks and the repair sweep set the bits of servers already full.
-        let full = (0..members.len().div_ceil(64))
-            .map(|_| AtomicU64::new(0))
-            .collect();
-        First {
-            members: members.into(),
-            position: position.into(),
-            full,
-        }
+        let full = (0..members.len().div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        First { members: members.into(), position: position.into(), full }
     }
 
     #[inline]

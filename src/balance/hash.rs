@@ -77,17 +77,8 @@ mod tests {
         assert_eq!(hash_bytes(SEED, b""), PINNED[0]);
         assert_eq!(hash_bytes(SEED, b"web-1"), PINNED[1]);
         assert_eq!(hash_bytes(SEED, b"10.0.0.1:8080"), PINNED[2]);
-        assert_eq!(
-            hash_ip(SEED, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))),
-            PINNED[3]
-        );
-        assert_eq!(
-            hash_ip(
-                SEED,
-                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7))
-            ),
-            PINNED[4]
-        );
+        assert_eq!(hash_ip(SEED, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))), PINNED[3]);
+        assert_eq!(hash_ip(SEED, IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7))), PINNED[4]);
     }
 
     const PINNED: [u64; 5] = [
@@ -101,14 +92,8 @@ mod tests {
     #[test]
     fn ipv4_mapped_ipv6_hashes_like_ipv4() {
         let v4 = Ipv4Addr::new(198, 51, 100, 23);
-        assert_eq!(
-            hash_ip(SEED, IpAddr::V4(v4)),
-            hash_ip(SEED, IpAddr::V6(v4.to_ipv6_mapped()))
-        );
-        assert_ne!(
-            hash_ip(SEED, IpAddr::V4(v4)),
-            hash_ip(SEED, IpAddr::V6(v4.to_ipv6_compatible()))
-        );
+        assert_eq!(hash_ip(SEED, IpAddr::V4(v4)), hash_ip(SEED, IpAddr::V6(v4.to_ipv6_mapped())));
+        assert_ne!(hash_ip(SEED, IpAddr::V4(v4)), hash_ip(SEED, IpAddr::V6(v4.to_ipv6_compatible())));
     }
 
     #[test]

@@ -99,10 +99,7 @@ fn beats(a: Key, b: Key) -> bool {
         (0, _) => false,
         (_, 0) => true,
         _ => {
-            let (lhs, rhs) = (
-                u64::from(a.active) * u64::from(b.weight),
-                u64::from(b.active) * u64::from(a.weight),
-            );
+            let (lhs, rhs) = (u64::from(a.active) * u64::from(b.weight), u64::from(b.active) * u64::from(a.weight));
             if lhs != rhs {
                 lhs < rhs
             } else {
@@ -137,21 +134,14 @@ impl LeastConn {
         // virtual time caught up with the others': bring every member within one weight-1 step
         // of the latest clock.
         let latest = members.iter().map(|m| m.cell.vtime()).max();
-        let floor = latest
-            .unwrap_or(0)
-            .saturating_sub(VTIME_SCALE / u64::from(WEIGHT_UNIT));
+        let floor = latest.unwrap_or(0).saturating_sub(VTIME_SCALE / u64::from(WEIGHT_UNIT));
         for m in members.iter() {
             if m.cell.vtime() < floor {
                 m.cell.set_vtime(floor);
             }
         }
         let nodes = (0..leaves).map(|_| AtomicU16::new(NONE)).collect();
-        let tree = LeastConn {
-            members,
-            position: position.into(),
-            leaves,
-            nodes,
-        };
+        let tree = LeastConn { members, position: position.into(), leaves, nodes };
         // Bottom-up, so each node's children are settled first. Counts are read as they are now;
         // later changes reach the tree through picks, releases and the sweep.
         for node in (1..leaves).rev() {
@@ -209,11 +199,7 @@ impl LeastConn {
                 }
             }
             let Some((p, _)) = best else {
-                return if saw_full {
-                    Pick::AllFull
-                } else {
-                    Pick::NoneUsable
-                };
+                return if saw_full { Pick::AllFull } else { Pick::NoneUsable };
             };
             let server = usize::from(self.members[p].server);
             if ctx.reserve(server).is_some() {
@@ -273,11 +259,7 @@ impl LeastConn {
         } else {
             m.weight
         };
-        Key {
-            active,
-            weight,
-            vtime: m.cell.vtime(),
-        }
+        Key { active, weight, vtime: m.cell.vtime() }
     }
 
     /// Replays the matches from position `p`'s leaf up to the root, carrying the winner's key
@@ -294,11 +276,8 @@ impl LeastConn {
             if other != NONE {
                 let other_key = self.key(ctx, usize::from(other));
                 // On a tie the left subtree wins, so that the tree is a function of the keys.
-                let other_wins = if sibling < child {
-                    !beats(winner_key, other_key)
-                } else {
-                    beats(other_key, winner_key)
-                };
+                let other_wins =
+                    if sibling < child { !beats(winner_key, other_key) } else { beats(other_key, winner_key) };
                 if other_wins {
                     (winner, winner_key) = (other, other_key);
                 }

@@ -53,10 +53,7 @@ impl Maglev {
         ordered.sort_unstable();
         let members: Box<[u16]> = ordered.iter().map(|&(_, _, s)| s).collect();
         if members.is_empty() {
-            return Maglev {
-                table: Box::new([]),
-                members,
-            };
+            return Maglev { table: Box::new([]), members };
         }
 
         let m = size as u64;
@@ -67,10 +64,7 @@ impl Maglev {
             at.push(hash_bytes(SEED ^ 1, name.as_bytes()) % m);
             skip.push(hash_bytes(SEED ^ 2, name.as_bytes()) % (m - 1) + 1);
         }
-        let weights: Vec<u32> = members
-            .iter()
-            .map(|&s| specs[usize::from(s)].weight)
-            .collect();
+        let weights: Vec<u32> = members.iter().map(|&s| specs[usize::from(s)].weight).collect();
         let heaviest = weights.iter().copied().max().unwrap_or(1);
         let mut credit = vec![0u32; members.len()];
 
@@ -101,10 +95,7 @@ impl Maglev {
                 }
             }
         }
-        Maglev {
-            table: table.into(),
-            members,
-        }
+        Maglev { table: table.into(), members }
     }
 
     #[inline]
@@ -158,21 +149,12 @@ pub(crate) fn is_prime(n: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::{
-        Balancer, ExcludeSet, Pick, Policy, WorkerBalanceState, DEFAULT_TABLE_SIZE,
-    };
+    use crate::balance::{Balancer, ExcludeSet, Pick, Policy, WorkerBalanceState, DEFAULT_TABLE_SIZE};
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
     use std::time::Instant;
 
     fn servers(n: usize) -> Vec<ServerSpec> {
-        (0..n)
-            .map(|i| {
-                ServerSpec::new(
-                    &format!("web-{i}"),
-                    SocketAddr::from(([10, 0, 0, i as u8], 80)),
-                )
-            })
-            .collect()
+        (0..n).map(|i| ServerSpec::new(&format!("web-{i}"), SocketAddr::from(([10, 0, 0, i as u8], 80)))).collect()
     }
 
     fn all(specs: &[ServerSpec]) -> Vec<u16> {
@@ -182,11 +164,7 @@ mod tests {
     /// The table as server names, entry by entry.
     fn names(specs: &[ServerSpec], size: usize) -> Vec<String> {
         let maglev = Maglev::build(&all(specs), specs, size);
-        maglev
-            .table()
-            .iter()
-            .map(|&s| specs[usize::from(s)].name.clone())
-            .collect()
+        maglev.table().iter().map(|&s| specs[usize::from(s)].name.clone()).collect()
     }
 
     #[test]
@@ -211,13 +189,7 @@ mod tests {
         // Another ringlb process with the same servers, or the next version, must send these
         // clients to these servers. Changing this mapping moves clients between servers.
         let specs = servers(5);
-        let balancer = match Balancer::build(
-            Policy::SourceHash {
-                table_size: DEFAULT_TABLE_SIZE,
-            },
-            &specs,
-            None,
-        ) {
+        let balancer = match Balancer::build(Policy::SourceHash { table_size: DEFAULT_TABLE_SIZE }, &specs, None) {
             Ok(b) => b,
             Err(e) => panic!("{e}"),
         };
@@ -232,14 +204,12 @@ mod tests {
         ];
         let placed: Vec<&str> = clients
             .iter()
-            .map(|&client| {
-                match balancer.select(&mut worker, client, &ExcludeSet::new(), Instant::now()) {
-                    Pick::Server(s) => {
-                        balancer.release(s, Instant::now());
-                        specs[s].name.as_str()
-                    }
-                    other => panic!("{other:?}"),
+            .map(|&client| match balancer.select(&mut worker, client, &ExcludeSet::new(), Instant::now()) {
+                Pick::Server(s) => {
+                    balancer.release(s, Instant::now());
+                    specs[s].name.as_str()
                 }
+                other => panic!("{other:?}"),
             })
             .collect();
         assert_eq!(placed, PINNED_PLACEMENT);
@@ -265,23 +235,10 @@ mod tests {
 
     #[test]
     fn maglev_removing_one_of_n_servers_moves_at_most_one_nth_plus_one_percent() {
-        for (n, removed) in [
-            (3, 1),
-            (5, 0),
-            (10, 7),
-            (20, 3),
-            (50, 49),
-            (100, 42),
-            (256, 100),
-        ] {
+        for (n, removed) in [(3, 1), (5, 0), (10, 7), (20, 3), (50, 49), (100, 42), (256, 100)] {
             let moved = moved_when_removing(n, removed);
             let bound = 1.0 / n as f64 + 0.01;
-            assert!(
-                moved <= bound,
-                "{n} servers: {:.3} % of keys moved, bound {:.3} %",
-                moved * 100.0,
-                bound * 100.0
-            );
+            assert!(moved <= bound, "{n} servers: {:.3} % of keys moved, bound {:.3} %", moved * 100.0, bound * 100.0);
         }
     }
 
@@ -293,11 +250,7 @@ mod tests {
         }
         let maglev = Maglev::build(&all(&specs), &specs, 65_537);
         for (s, weight) in [1.0, 2.0, 5.0, 256.0].iter().enumerate() {
-            let entries = maglev
-                .table()
-                .iter()
-                .filter(|&&e| usize::from(e) == s)
-                .count() as f64;
+            let entries = maglev.table().iter().filter(|&&e| usize::from(e) == s).count() as f64;
             let expected = 65_537.0 * weight / 264.0;
             assert!(
                 (entries - expected).abs() <= 0.01 * expected + 1.0,
@@ -312,37 +265,25 @@ mod tests {
         let maglev = Maglev::build(&all(&specs), &specs, 65_537);
         let client: IpAddr = Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 3, 4, 5, 6).into();
         let mapped: IpAddr = Ipv4Addr::new(203, 0, 113, 9).to_ipv6_mapped().into();
-        assert_eq!(
-            maglev.entry_of(mapped),
-            maglev.entry_of(Ipv4Addr::new(203, 0, 113, 9).into())
-        );
+        assert_eq!(maglev.entry_of(mapped), maglev.entry_of(Ipv4Addr::new(203, 0, 113, 9).into()));
         let first = usize::from(maglev.table()[maglev.entry_of(client)]);
         let mut seconds = std::collections::HashSet::new();
         for _ in 0..3 {
-            let balancer =
-                match Balancer::build(Policy::SourceHash { table_size: 65_537 }, &specs, None) {
-                    Ok(b) => b,
-                    Err(e) => panic!("{e}"),
-                };
+            let balancer = match Balancer::build(Policy::SourceHash { table_size: 65_537 }, &specs, None) {
+                Ok(b) => b,
+                Err(e) => panic!("{e}"),
+            };
             let mut worker = WorkerBalanceState::new(9);
             let mut tried = ExcludeSet::new();
-            assert_eq!(
-                balancer.select(&mut worker, client, &tried, Instant::now()),
-                Pick::Server(first)
-            );
+            assert_eq!(balancer.select(&mut worker, client, &tried, Instant::now()), Pick::Server(first));
             tried.insert(first);
-            let Pick::Server(second) = balancer.select(&mut worker, client, &tried, Instant::now())
-            else {
+            let Pick::Server(second) = balancer.select(&mut worker, client, &tried, Instant::now()) else {
                 panic!("no second choice");
             };
             assert_ne!(second, first);
             seconds.insert(second);
         }
-        assert_eq!(
-            seconds.len(),
-            1,
-            "the second choice depends only on the client"
-        );
+        assert_eq!(seconds.len(), 1, "the second choice depends only on the client");
     }
 
     #[test]

@@ -146,9 +146,7 @@ impl FromStr for Policy {
         match name {
             "round-robin" => Ok(Policy::RoundRobin),
             "least-conn" => Ok(Policy::LeastConn),
-            "source-hash" => Ok(Policy::SourceHash {
-                table_size: DEFAULT_TABLE_SIZE,
-            }),
+            "source-hash" => Ok(Policy::SourceHash { table_size: DEFAULT_TABLE_SIZE }),
             "random-two" => Ok(Policy::RandomTwo),
             "first" => Ok(Policy::First),
             other => Err(UnknownPolicy(other.to_string())),
@@ -252,10 +250,7 @@ pub struct ExcludeSet {
 
 impl ExcludeSet {
     pub const fn new() -> ExcludeSet {
-        ExcludeSet {
-            len: 0,
-            servers: [0; EXCLUDE_CAPACITY],
-        }
+        ExcludeSet { len: 0, servers: [0; EXCLUDE_CAPACITY] }
     }
 
     /// Adds `server`; false when the set is full (the caller should stop retrying).
@@ -263,10 +258,7 @@ impl ExcludeSet {
         if self.contains(server) {
             return true;
         }
-        let (Some(slot), Ok(server)) = (
-            self.servers.get_mut(self.len as usize),
-            u16::try_from(server),
-        ) else {
+        let (Some(slot), Ok(server)) = (self.servers.get_mut(self.len as usize), u16::try_from(server)) else {
             return false;
         };
         *slot = server;
@@ -276,9 +268,7 @@ impl ExcludeSet {
 
     #[inline]
     pub fn contains(&self, server: usize) -> bool {
-        self.servers[..self.len as usize]
-            .iter()
-            .any(|&s| usize::from(s) == server)
+        self.servers[..self.len as usize].iter().any(|&s| usize::from(s) == server)
     }
 
     pub fn len(&self) -> usize {
@@ -312,12 +302,7 @@ impl WorkerBalanceState {
     /// `seed` should differ between workers (the worker index will do), so that their
     /// round-robin cursors and random draws are not in lockstep.
     pub fn new(seed: u64) -> WorkerBalanceState {
-        WorkerBalanceState {
-            rng: Rng::new(seed),
-            balancer: 0,
-            rr_cursor: [0; 2],
-            sweep: 0,
-        }
+        WorkerBalanceState { rng: Rng::new(seed), balancer: 0, rr_cursor: [0; 2], sweep: 0 }
     }
 
     #[inline]
@@ -350,53 +335,28 @@ impl Balancer {
     /// Builds the structures of `policy` over `specs` (index i of the balancer = `specs[i]`),
     /// carrying over the counters of `previous` (the same pool's current balancer) by name.
     /// Costs up to milliseconds; never call it on a worker.
-    pub fn build(
-        policy: Policy,
-        specs: &[ServerSpec],
-        previous: Option<&Balancer>,
-    ) -> Result<Balancer, BuildError> {
+    pub fn build(policy: Policy, specs: &[ServerSpec], previous: Option<&Balancer>) -> Result<Balancer, BuildError> {
         validate(policy, specs)?;
         let servers: Box<[ServerInfo]> = specs.iter().map(ServerInfo::from_spec).collect();
-        let counters = ServerCounters::carry_over(
-            previous.map(|b| &b.counters),
-            specs.iter().map(|s| s.name.as_str()),
-        );
+        let counters = ServerCounters::carry_over(previous.map(|b| &b.counters), specs.iter().map(|s| s.name.as_str()));
         let tier = |backup: bool| {
             let members: Vec<u16> = (0..specs.len())
                 .filter(|&i| specs[i].backup == backup && specs[i].up && specs[i].weight > 0)
                 .map(|i| i as u16) // < MAX_SERVERS, checked by validate
                 .collect();
-            let ctx = Ctx {
-                servers: &servers,
-                counters: &counters,
-                exclude: &NOTHING_EXCLUDED,
-                ramp_now: None,
-            };
+            let ctx = Ctx { servers: &servers, counters: &counters, exclude: &NOTHING_EXCLUDED, ramp_now: None };
             Tier::build(policy, &members, specs, &ctx)
         };
         let tiers = [tier(false), tier(true)];
         let ramp_until = servers.iter().filter_map(|s| s.ramp.map(|r| r.ends)).max();
-        Ok(Balancer {
-            id: NEXT_BALANCER_ID.fetch_add(1, Relaxed),
-            policy,
-            servers,
-            counters,
-            tiers,
-            ramp_until,
-        })
+        Ok(Balancer { id: NEXT_BALANCER_ID.fetch_add(1, Relaxed), policy, servers, counters, tiers, ramp_until })
     }
 
     /// Picks a server for a new connection of `client`, skipping the servers in `exclude`, and
     /// reserves a slot on it. `now` is the worker's current time (a cached value is fine; it
     /// only drives the slow-start ramp).
     #[inline]
-    pub fn select(
-        &self,
-        worker: &mut WorkerBalanceState,
-        client: IpAddr,
-        exclude: &ExcludeSet,
-        now: Instant,
-    ) -> Pick {
+    pub fn select(&self, worker: &mut WorkerBalanceState, client: IpAddr, exclude: &ExcludeSet, now: Instant) -> Pick {
         worker.follow(self.id);
         let ctx = self.ctx(exclude, now);
         let primary = self.tiers[0].select(&ctx, worker, 0, client);
@@ -449,10 +409,7 @@ static NOTHING_EXCLUDED: ExcludeSet = ExcludeSet::new();
 
 fn validate(policy: Policy, specs: &[ServerSpec]) -> Result<(), BuildError> {
     if specs.len() > MAX_SERVERS {
-        return Err(BuildError::TooManyServers {
-            count: specs.len(),
-            max: MAX_SERVERS,
-        });
+        return Err(BuildError::TooManyServers { count: specs.len(), max: MAX_SERVERS });
     }
     let mut names = std::collections::HashSet::new();
     for spec in specs {
@@ -460,18 +417,12 @@ fn validate(policy: Policy, specs: &[ServerSpec]) -> Result<(), BuildError> {
             return Err(BuildError::DuplicateName(spec.name.clone()));
         }
         if spec.weight > MAX_WEIGHT {
-            return Err(BuildError::WeightOutOfRange {
-                name: spec.name.clone(),
-                weight: spec.weight,
-            });
+            return Err(BuildError::WeightOutOfRange { name: spec.name.clone(), weight: spec.weight });
         }
     }
     if let Policy::SourceHash { table_size } = policy {
         if (table_size as usize) < specs.len().max(2) || table_size > MAX_TABLE_SIZE {
-            return Err(BuildError::TableSizeOutOfRange {
-                size: table_size,
-                servers: specs.len(),
-            });
+            return Err(BuildError::TableSizeOutOfRange { size: table_size, servers: specs.len() });
         }
         if !maglev::is_prime(table_size) {
             return Err(BuildError::TableSizeNotPrime(table_size));
@@ -495,22 +446,14 @@ impl Tier {
         match policy {
             Policy::RoundRobin => Tier::RoundRobin(RoundRobin::build(members, specs)),
             Policy::LeastConn => Tier::LeastConn(LeastConn::build(members, ctx)),
-            Policy::SourceHash { table_size } => {
-                Tier::SourceHash(Maglev::build(members, specs, table_size as usize))
-            }
+            Policy::SourceHash { table_size } => Tier::SourceHash(Maglev::build(members, specs, table_size as usize)),
             Policy::RandomTwo => Tier::RandomTwo(RandomTwo::build(members, specs)),
             Policy::First => Tier::First(First::build(members, specs)),
         }
     }
 
     #[inline]
-    fn select(
-        &self,
-        ctx: &Ctx<'_>,
-        worker: &mut WorkerBalanceState,
-        tier: usize,
-        client: IpAddr,
-    ) -> Pick {
+    fn select(&self, ctx: &Ctx<'_>, worker: &mut WorkerBalanceState, tier: usize, client: IpAddr) -> Pick {
         match self {
             Tier::RoundRobin(rr) => rr.select(ctx, worker, tier),
             Tier::LeastConn(lc) => lc.select(ctx, worker),

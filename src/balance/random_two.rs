@@ -40,23 +40,15 @@ impl Candidate {
     /// Lower load relative to weight (exact, by cross-multiplication).
     #[inline]
     fn lighter_than(self, other: Candidate) -> bool {
-        u64::from(self.active) * u64::from(other.weight)
-            < u64::from(other.active) * u64::from(self.weight)
+        u64::from(self.active) * u64::from(other.weight) < u64::from(other.active) * u64::from(self.weight)
     }
 }
 
 impl RandomTwo {
     pub(crate) fn build(members: &[u16], specs: &[ServerSpec]) -> RandomTwo {
-        let weights: Vec<u64> = members
-            .iter()
-            .map(|&s| u64::from(specs[usize::from(s)].weight))
-            .collect();
+        let weights: Vec<u64> = members.iter().map(|&s| u64::from(specs[usize::from(s)].weight)).collect();
         let (threshold, alias) = alias_table(&weights);
-        RandomTwo {
-            members: members.into(),
-            threshold: threshold.into(),
-            alias: alias.into(),
-        }
+        RandomTwo { members: members.into(), threshold: threshold.into(), alias: alias.into() }
     }
 
     #[inline]
@@ -92,20 +84,12 @@ impl RandomTwo {
     fn candidate(&self, ctx: &Ctx<'_>, worker: &mut WorkerBalanceState) -> Option<Candidate> {
         let r = worker.rng.next_u64();
         let column = (((r >> 32) * self.members.len() as u64) >> 32) as usize;
-        let p = if (r & 0xffff_ffff) < self.threshold[column] {
-            column
-        } else {
-            usize::from(self.alias[column])
-        };
+        let p = if (r & 0xffff_ffff) < self.threshold[column] { column } else { usize::from(self.alias[column]) };
         let server = usize::from(self.members[p]);
         if ctx.excluded(server) || ctx.is_full(server) || ctx.ramp_skips(server, &mut worker.rng) {
             return None;
         }
-        Some(Candidate {
-            server,
-            active: ctx.active(server),
-            weight: ctx.weight(server),
-        })
+        Some(Candidate { server, active: ctx.active(server), weight: ctx.weight(server) })
     }
 }
 
@@ -152,11 +136,7 @@ mod tests {
         for (p, &w) in weights.iter().enumerate() {
             let expected = (u128::from(w) << 32) * n / u128::from(total);
             let error = mass[p].abs_diff(expected);
-            assert!(
-                error <= n,
-                "position {p}: mass {} expected {expected}",
-                mass[p]
-            );
+            assert!(error <= n, "position {p}: mass {} expected {expected}", mass[p]);
         }
     }
 }

@@ -15,9 +15,7 @@ pub(crate) struct Rng {
 
 impl Rng {
     pub(crate) fn new(seed: u64) -> Rng {
-        Rng {
-            state: mix(seed ^ 0x5eed_5eed_5eed_5eed),
-        }
+        Rng { state: mix(seed ^ 0x5eed_5eed_5eed_5eed) }
     }
 
     #[inline]

@@ -28,27 +28,13 @@ pub(crate) struct RoundRobin {
 
 impl RoundRobin {
     pub(crate) fn build(members: &[u16], specs: &[ServerSpec]) -> RoundRobin {
-        let weights: Vec<u32> = members
-            .iter()
-            .map(|&s| specs[usize::from(s)].weight)
-            .collect();
-        let order = smooth_order(&weights)
-            .into_iter()
-            .map(|p| members[p])
-            .collect();
-        RoundRobin {
-            order,
-            members: members.into(),
-        }
+        let weights: Vec<u32> = members.iter().map(|&s| specs[usize::from(s)].weight).collect();
+        let order = smooth_order(&weights).into_iter().map(|p| members[p]).collect();
+        RoundRobin { order, members: members.into() }
     }
 
     #[inline]
-    pub(crate) fn select(
-        &self,
-        ctx: &Ctx<'_>,
-        worker: &mut WorkerBalanceState,
-        tier: usize,
-    ) -> Pick {
+    pub(crate) fn select(&self, ctx: &Ctx<'_>, worker: &mut WorkerBalanceState, tier: usize) -> Pick {
         let len = self.order.len();
         if len == 0 {
             return Pick::NoneUsable;
@@ -104,12 +90,7 @@ fn smooth_order(weights: &[u32]) -> Vec<usize> {
         let weight = i64::from(w / divisor);
         match classes.iter_mut().find(|c| c.weight == weight) {
             Some(class) => class.members.push(p),
-            None => classes.push(Class {
-                weight,
-                top: 0,
-                members: vec![p],
-                next: 0,
-            }),
+            None => classes.push(Class { weight, top: 0, members: vec![p], next: 0 }),
         }
     }
 
@@ -120,8 +101,7 @@ fn smooth_order(weights: &[u32]) -> Vec<usize> {
             classes[c].top += classes[c].weight;
             let (class, leader) = (&classes[c], &classes[best]);
             if class.top > leader.top
-                || (class.top == leader.top
-                    && class.members[class.next] < leader.members[leader.next])
+                || (class.top == leader.top && class.members[class.next] < leader.members[leader.next])
             {
                 best = c;
             }
@@ -199,11 +179,7 @@ mod tests {
                         1 + (x % spread) as u32
                     })
                     .collect();
-                assert_eq!(
-                    smooth_order(&weights),
-                    reference_order(&weights),
-                    "{weights:?}"
-                );
+                assert_eq!(smooth_order(&weights), reference_order(&weights), "{weights:?}");
             }
         }
     }

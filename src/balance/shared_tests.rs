@@ -30,12 +30,7 @@ fn max_connections_is_never_exceeded_by_concurrent_workers() {
                     let (mut worker, now) = (WorkerBalanceState::new(t), Instant::now());
                     let mut held = std::collections::VecDeque::new();
                     for i in 0..20_000u64 {
-                        match balancer.select(
-                            &mut worker,
-                            client(i * THREADS + t),
-                            &ExcludeSet::new(),
-                            now,
-                        ) {
+                        match balancer.select(&mut worker, client(i * THREADS + t), &ExcludeSet::new(), now) {
                             Pick::Server(s) => {
                                 let now_held = holders[s].fetch_add(1, SeqCst) + 1;
                                 assert!(now_held <= MAX, "{policy}: server {s} holds {now_held}");
@@ -63,14 +58,8 @@ fn max_connections_is_never_exceeded_by_concurrent_workers() {
                 });
             }
         });
-        assert!(
-            all_full.load(SeqCst) > 0,
-            "{policy}: the load never filled the servers"
-        );
-        assert!(
-            (0..servers.len()).all(|s| balancer.counters().active(s) == 0),
-            "{policy}: leaked counts"
-        );
+        assert!(all_full.load(SeqCst) > 0, "{policy}: the load never filled the servers");
+        assert!((0..servers.len()).all(|s| balancer.counters().active(s) == 0), "{policy}: leaked counts");
     }
 }
 
@@ -81,34 +70,18 @@ fn counts_carry_over_to_the_next_balancer_by_name() {
     let old = build(Policy::LeastConn, &servers);
     let mut worker = WorkerBalanceState::new(1);
     for i in 0..6 {
-        assert!(matches!(
-            old.select(&mut worker, client(i), &ExcludeSet::new(), now),
-            Pick::Server(_)
-        ));
+        assert!(matches!(old.select(&mut worker, client(i), &ExcludeSet::new(), now), Pick::Server(_)));
     }
     // s1 removed, s0 and s2 swapped, s3 added.
     let mut next = vec![servers[2].clone(), servers[0].clone()];
-    next.push(ServerSpec::new(
-        "s3",
-        SocketAddr::from(([127, 0, 0, 1], 9000)),
-    ));
+    next.push(ServerSpec::new("s3", SocketAddr::from(([127, 0, 0, 1], 9000))));
     let new = match Balancer::build(Policy::LeastConn, &next, Some(&old)) {
         Ok(b) => b,
         Err(e) => panic!("{e}"),
     };
-    assert_eq!(
-        (
-            new.counters().active(0),
-            new.counters().active(1),
-            new.counters().active(2)
-        ),
-        (2, 2, 0)
-    );
+    assert_eq!((new.counters().active(0), new.counters().active(1), new.counters().active(2)), (2, 2, 0));
     // least-conn on the new balancer sends the next connections to the empty newcomer.
-    assert_eq!(
-        new.select(&mut worker, client(1), &ExcludeSet::new(), now),
-        Pick::Server(2)
-    );
+    assert_eq!(new.select(&mut worker, client(1), &ExcludeSet::new(), now), Pick::Server(2));
     // Releases through the old balancer are seen by the new one.
     old.release(0, now);
     assert_eq!(new.counters().active(1), 1);
@@ -136,9 +109,7 @@ fn least_conn_is_exact_again_once_concurrent_updates_stop() {
                 let mut held = std::collections::VecDeque::new();
                 start.wait();
                 for i in 0..30_000u64 {
-                    if let Pick::Server(s) =
-                        balancer.select(&mut worker, client(i), &ExcludeSet::new(), now)
-                    {
+                    if let Pick::Server(s) = balancer.select(&mut worker, client(i), &ExcludeSet::new(), now) {
                         held.push_back(s);
                     }
                     if held.len() > (mix(i ^ t) % 8) as usize {
@@ -162,18 +133,11 @@ fn least_conn_is_exact_again_once_concurrent_updates_stop() {
         }
     }
     for i in 0..5 * servers as u64 {
-        let before: Vec<u32> = (0..servers)
-            .map(|s| balancer.counters().active(s))
-            .collect();
-        let Pick::Server(s) = balancer.select(&mut worker, client(i), &ExcludeSet::new(), now)
-        else {
+        let before: Vec<u32> = (0..servers).map(|s| balancer.counters().active(s)).collect();
+        let Pick::Server(s) = balancer.select(&mut worker, client(i), &ExcludeSet::new(), now) else {
             panic!("no server");
         };
-        assert_eq!(
-            before[s],
-            *before.iter().min().unwrap_or(&0),
-            "pick {i} went to {s}: {before:?}"
-        );
+        assert_eq!(before[s], *before.iter().min().unwrap_or(&0), "pick {i} went to {s}: {before:?}");
     }
 }
 
@@ -185,10 +149,7 @@ fn hold_on(balancer: &Balancer, server: usize, n: usize, now: Instant) {
     }
     let mut worker = WorkerBalanceState::new(5);
     for _ in 0..n {
-        assert_eq!(
-            balancer.select(&mut worker, client(0), &others, now),
-            Pick::Server(server)
-        );
+        assert_eq!(balancer.select(&mut worker, client(0), &others, now), Pick::Server(server));
     }
 }
 
@@ -212,15 +173,13 @@ fn least_conn_learns_of_releases_made_through_an_older_balancer() {
     }
     let mut worker = WorkerBalanceState::new(1);
     let picks: Vec<usize> = (0..8)
-        .map(
-            |i| match new.select(&mut worker, client(i), &ExcludeSet::new(), now) {
-                Pick::Server(s) => {
-                    new.release(s, now);
-                    s
-                }
-                other => panic!("{other:?}"),
-            },
-        )
+        .map(|i| match new.select(&mut worker, client(i), &ExcludeSet::new(), now) {
+            Pick::Server(s) => {
+                new.release(s, now);
+                s
+            }
+            other => panic!("{other:?}"),
+        })
         .collect();
     // The sweep replays every internal node (3 here) within as many picks.
     assert!(picks[3..].iter().all(|&s| s == 1), "{picks:?}");
@@ -233,32 +192,24 @@ fn first_learns_of_releases_made_through_an_older_balancer() {
     servers.iter_mut().for_each(|s| s.max_connections = 1);
     let old = build(Policy::First, &servers);
     let mut worker = WorkerBalanceState::new(1);
-    assert_eq!(
-        old.select(&mut worker, client(0), &ExcludeSet::new(), now),
-        Pick::Server(0)
-    );
+    assert_eq!(old.select(&mut worker, client(0), &ExcludeSet::new(), now), Pick::Server(0));
     let new = match Balancer::build(Policy::First, &servers, Some(&old)) {
         Ok(b) => b,
         Err(e) => panic!("{e}"),
     };
     // The new balancer finds server 0 full and marks it so.
-    assert_eq!(
-        new.select(&mut worker, client(1), &ExcludeSet::new(), now),
-        Pick::Server(1)
-    );
+    assert_eq!(new.select(&mut worker, client(1), &ExcludeSet::new(), now), Pick::Server(1));
     new.release(1, now);
     // Its connection, opened through the old balancer, ends through it.
     old.release(0, now);
     let picks: Vec<usize> = (0..6)
-        .map(
-            |i| match new.select(&mut worker, client(i), &ExcludeSet::new(), now) {
-                Pick::Server(s) => {
-                    new.release(s, now);
-                    s
-                }
-                other => panic!("{other:?}"),
-            },
-        )
+        .map(|i| match new.select(&mut worker, client(i), &ExcludeSet::new(), now) {
+            Pick::Server(s) => {
+                new.release(s, now);
+                s
+            }
+            other => panic!("{other:?}"),
+        })
         .collect();
     // Each pick re-checks one server's mark: within 3 picks server 0 is first again.
     assert!(picks[3..].iter().all(|&s| s == 0), "{picks:?}");

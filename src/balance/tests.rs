@@ -7,32 +7,17 @@ use std::net::Ipv4Addr;
 use super::hash::mix;
 use super::*;
 
-const SOURCE_HASH: Policy = Policy::SourceHash {
-    table_size: DEFAULT_TABLE_SIZE,
-};
-pub(super) const ALL: [Policy; 5] = [
-    Policy::RoundRobin,
-    Policy::LeastConn,
-    SOURCE_HASH,
-    Policy::RandomTwo,
-    Policy::First,
-];
+const SOURCE_HASH: Policy = Policy::SourceHash { table_size: DEFAULT_TABLE_SIZE };
+pub(super) const ALL: [Policy; 5] =
+    [Policy::RoundRobin, Policy::LeastConn, SOURCE_HASH, Policy::RandomTwo, Policy::First];
 /// The policies whose shares follow the weights.
-const WEIGHTED: [Policy; 4] = [
-    Policy::RoundRobin,
-    Policy::LeastConn,
-    SOURCE_HASH,
-    Policy::RandomTwo,
-];
+const WEIGHTED: [Policy; 4] = [Policy::RoundRobin, Policy::LeastConn, SOURCE_HASH, Policy::RandomTwo];
 
 pub(super) fn specs(weights: &[u32]) -> Vec<ServerSpec> {
     (0..weights.len())
         .map(|i| ServerSpec {
             weight: weights[i],
-            ..ServerSpec::new(
-                &format!("s{i}"),
-                SocketAddr::from(([127, 0, 0, 1], 8000 + i as u16)),
-            )
+            ..ServerSpec::new(&format!("s{i}"), SocketAddr::from(([127, 0, 0, 1], 8000 + i as u16)))
         })
         .collect()
 }
@@ -66,10 +51,7 @@ fn shares(balancer: &Balancer, n: u64, now: Instant) -> Vec<u64> {
 }
 
 fn assert_shares_follow(counts: &[u64], weights: &[f64], tolerance: f64, what: &str) {
-    let (total, weight_sum) = (
-        counts.iter().sum::<u64>() as f64,
-        weights.iter().sum::<f64>(),
-    );
+    let (total, weight_sum) = (counts.iter().sum::<u64>() as f64, weights.iter().sum::<f64>());
     for (s, (&count, &weight)) in counts.iter().zip(weights).enumerate() {
         let (share, expected) = (count as f64 / total, weight / weight_sum);
         assert!(
@@ -99,12 +81,9 @@ fn least_conn_counts_follow_weights_when_connections_stay_open() {
         balancer.select(&mut worker, client(i), &ExcludeSet::new(), now);
         // After every pick, no server is more than one connection (relative to its weight)
         // above another: active / weight differ by at most 1 / weight.
-        let loads: Vec<f64> = (0..4)
-            .map(|s| f64::from(balancer.counters().active(s)) / f64::from(weights[s]))
-            .collect();
-        let (lo, hi) = loads
-            .iter()
-            .fold((f64::MAX, 0f64), |(lo, hi), &l| (lo.min(l), hi.max(l)));
+        let loads: Vec<f64> =
+            (0..4).map(|s| f64::from(balancer.counters().active(s)) / f64::from(weights[s])).collect();
+        let (lo, hi) = loads.iter().fold((f64::MAX, 0f64), |(lo, hi), &l| (lo.min(l), hi.max(l)));
         assert!(hi - lo <= 1.0, "pick {i}: loads {loads:?}");
     }
 }
@@ -115,20 +94,15 @@ fn round_robin_interleaves_weights_5_1_1_like_nginx() {
     for seed in 0..5 {
         let mut worker = WorkerBalanceState::new(seed);
         let order: String = (0..14)
-            .map(|i| {
-                match balancer.select(&mut worker, client(i), &ExcludeSet::new(), Instant::now()) {
-                    Pick::Server(s) => (b'a' + s as u8) as char,
-                    other => panic!("{other:?}"),
-                }
+            .map(|i| match balancer.select(&mut worker, client(i), &ExcludeSet::new(), Instant::now()) {
+                Pick::Server(s) => (b'a' + s as u8) as char,
+                other => panic!("{other:?}"),
             })
             .collect();
         // A worker starts anywhere in the period, then follows it: a rotation of "aabacaa".
         let (period, again) = order.split_at(7);
         assert_eq!(period, again, "the order repeats every 7 picks");
-        assert!(
-            "aabacaaaabacaa".contains(period),
-            "{period} is not a rotation of aabacaa"
-        );
+        assert!("aabacaaaabacaa".contains(period), "{period} is not a rotation of aabacaa");
     }
 }
 
@@ -147,14 +121,11 @@ fn largest_spread_under_skewed_lifetimes(policy: Policy) -> u32 {
     };
     let mut largest = 0;
     let mut connect = |open: &mut BinaryHeap<_>, tick: u64, seq: u64| {
-        let Pick::Server(s) = balancer.select(&mut worker, client(seq), &ExcludeSet::new(), now)
-        else {
+        let Pick::Server(s) = balancer.select(&mut worker, client(seq), &ExcludeSet::new(), now) else {
             panic!("{policy}: no server");
         };
         open.push((std::cmp::Reverse(tick + lifetime(seq)), seq, s));
-        let counts: Vec<u32> = (0..servers)
-            .map(|s| balancer.counters().active(s))
-            .collect();
+        let counts: Vec<u32> = (0..servers).map(|s| balancer.counters().active(s)).collect();
         let spread = counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0);
         largest = largest.max(spread);
     };
@@ -183,11 +154,7 @@ fn least_conn_keeps_active_counts_within_one_under_skewed_lifetimes() {
 }
 
 /// Holds picks until the balancer gives something other than a server; returns the held ones.
-fn hold_until_not_server(
-    balancer: &Balancer,
-    worker: &mut WorkerBalanceState,
-    now: Instant,
-) -> (Vec<usize>, Pick) {
+fn hold_until_not_server(balancer: &Balancer, worker: &mut WorkerBalanceState, now: Instant) -> (Vec<usize>, Pick) {
     let mut held = Vec::new();
     for i in 0..1_000 {
         match balancer.select(worker, client(i), &ExcludeSet::new(), now) {
@@ -213,15 +180,9 @@ fn backup_is_used_only_when_every_primary_is_unusable() {
     for policy in ALL {
         // All primaries usable: the backup gets nothing.
         let counts = shares(&build(policy, &pool(&|_| {})), 5_000, now);
-        assert_eq!(
-            counts[2], 0,
-            "{policy}: backup used while primaries were usable"
-        );
+        assert_eq!(counts[2], 0, "{policy}: backup used while primaries were usable");
         // Every primary down, or draining: everything goes to the backup.
-        for change in [
-            &(|s: &mut ServerSpec| s.up = false) as &dyn Fn(&mut ServerSpec),
-            &|s| s.weight = 0,
-        ] {
+        for change in [&(|s: &mut ServerSpec| s.up = false) as &dyn Fn(&mut ServerSpec), &|s| s.weight = 0] {
             let counts = shares(&build(policy, &pool(change)), 100, now);
             assert_eq!(counts, [0, 0, 100], "{policy}");
         }
@@ -232,11 +193,7 @@ fn backup_is_used_only_when_every_primary_is_unusable() {
         let mut worker = WorkerBalanceState::new(1);
         let (mut held, outcome) = hold_until_not_server(&balancer, &mut worker, now);
         assert_eq!(outcome, Pick::AllFull, "{policy}");
-        assert_eq!(
-            held.last(),
-            Some(&2),
-            "{policy}: the backup came before the primaries were full"
-        );
+        assert_eq!(held.last(), Some(&2), "{policy}: the backup came before the primaries were full");
         held.sort();
         assert_eq!(held, [0, 1, 2], "{policy}");
         // Every primary excluded (tried already): the backup.
@@ -263,21 +220,12 @@ fn all_full_is_told_apart_from_none_usable() {
         let (held, outcome) = hold_until_not_server(&balancer, &mut worker, now);
         assert_eq!((held.len(), outcome), (4, Pick::AllFull), "{policy}");
         balancer.release(held[0], now);
-        assert_eq!(
-            balancer.select(&mut worker, client(9), &ExcludeSet::new(), now),
-            Pick::Server(held[0])
-        );
+        assert_eq!(balancer.select(&mut worker, client(9), &ExcludeSet::new(), now), Pick::Server(held[0]));
 
         servers.iter_mut().for_each(|s| s.up = false);
         let balancer = build(policy, &servers);
-        assert_eq!(
-            balancer.select(&mut worker, client(1), &ExcludeSet::new(), now),
-            Pick::NoneUsable
-        );
-        assert_eq!(
-            build(policy, &[]).select(&mut worker, client(1), &ExcludeSet::new(), now),
-            Pick::NoneUsable
-        );
+        assert_eq!(balancer.select(&mut worker, client(1), &ExcludeSet::new(), now), Pick::NoneUsable);
+        assert_eq!(build(policy, &[]).select(&mut worker, client(1), &ExcludeSet::new(), now), Pick::NoneUsable);
     }
 }
 
@@ -288,12 +236,7 @@ fn weight_zero_gets_no_new_connection() {
         assert_eq!(counts[1], 0, "{policy}");
         assert!(counts[0] > 0, "{policy}");
         let mut worker = WorkerBalanceState::new(1);
-        let pick = build(policy, &specs(&[0, 0])).select(
-            &mut worker,
-            client(1),
-            &ExcludeSet::new(),
-            Instant::now(),
-        );
+        let pick = build(policy, &specs(&[0, 0])).select(&mut worker, client(1), &ExcludeSet::new(), Instant::now());
         assert_eq!(pick, Pick::NoneUsable, "{policy}");
     }
 }
@@ -328,11 +271,7 @@ fn excluded_servers_are_never_picked() {
             balancer.release(s, now);
             assert!(tried.insert(s));
         }
-        assert_eq!(
-            balancer.select(&mut worker, client(77), &tried, now),
-            Pick::NoneUsable,
-            "{policy}"
-        );
+        assert_eq!(balancer.select(&mut worker, client(77), &tried, now), Pick::NoneUsable, "{policy}");
     }
 }
 
@@ -347,11 +286,7 @@ fn a_slow_starting_server_gets_the_share_of_its_effective_weight() {
         let balancer = build(policy, &servers);
         // Half-way through the ramp: effective weights 2 and 1.
         let counts = shares(&balancer, 200_000, start + period / 2);
-        let tolerance = if policy == Policy::RandomTwo {
-            0.15
-        } else {
-            0.02
-        };
+        let tolerance = if policy == Policy::RandomTwo { 0.15 } else { 0.02 };
         assert_shares_follow(&counts, &[2.0, 1.0], tolerance, &policy.to_string());
         // Right after coming up: next to nothing. After the ramp: the full weight.
         let counts = shares(&balancer, 100_000, start);
@@ -365,23 +300,12 @@ fn a_slow_starting_server_gets_the_share_of_its_effective_weight() {
 fn invalid_pools_are_refused_with_the_reason() {
     let mut servers = specs(&[1, 1]);
     servers[1].name = "s0".into();
-    assert_eq!(
-        Balancer::build(Policy::RoundRobin, &servers, None).err(),
-        Some(BuildError::DuplicateName("s0".into()))
-    );
+    assert_eq!(Balancer::build(Policy::RoundRobin, &servers, None).err(), Some(BuildError::DuplicateName("s0".into())));
     let heavy = specs(&[257]);
-    assert!(matches!(
-        Balancer::build(Policy::RoundRobin, &heavy, None),
-        Err(BuildError::WeightOutOfRange { .. })
-    ));
-    let table = |table_size| {
-        Balancer::build(Policy::SourceHash { table_size }, &specs(&[1, 1, 1]), None).err()
-    };
+    assert!(matches!(Balancer::build(Policy::RoundRobin, &heavy, None), Err(BuildError::WeightOutOfRange { .. })));
+    let table = |table_size| Balancer::build(Policy::SourceHash { table_size }, &specs(&[1, 1, 1]), None).err();
     assert_eq!(table(65_536), Some(BuildError::TableSizeNotPrime(65_536)));
-    assert!(matches!(
-        table(2),
-        Some(BuildError::TableSizeOutOfRange { .. })
-    ));
+    assert!(matches!(table(2), Some(BuildError::TableSizeOutOfRange { .. })));
     assert_eq!(table(65_521), None);
     assert_eq!("least-conn".parse(), Ok(Policy::LeastConn));
     assert!("leastconn".parse::<Policy>().is_err());
@@ -390,9 +314,7 @@ fn invalid_pools_are_refused_with_the_reason() {
 #[test]
 fn the_largest_pool_builds_and_picks_under_every_policy() {
     // MAX_SERVERS servers with 256 distinct weights: the worst case of the round-robin period.
-    let weights: Vec<u32> = (0..MAX_SERVERS as u32)
-        .map(|i| 1 + (i * 37) % 256)
-        .collect();
+    let weights: Vec<u32> = (0..MAX_SERVERS as u32).map(|i| 1 + (i * 37) % 256).collect();
     let servers = specs(&weights);
     for policy in ALL {
         let started = Instant::now();
@@ -401,9 +323,6 @@ fn the_largest_pool_builds_and_picks_under_every_policy() {
         // Debug builds are slow; this bounds only pathological growth (release: < 0.1 s).
         assert!(took < Duration::from_secs(20), "{policy}: {took:?}");
         let mut worker = WorkerBalanceState::new(1);
-        assert!(matches!(
-            balancer.select(&mut worker, client(1), &ExcludeSet::new(), started),
-            Pick::Server(_)
-        ));
+        assert!(matches!(balancer.select(&mut worker, client(1), &ExcludeSet::new(), started), Pick::Server(_)));
     }
 }

@@ -30,19 +30,11 @@ impl ServerInfo {
     pub(crate) fn from_spec(spec: &ServerSpec) -> ServerInfo {
         let ramp = match spec.up_since {
             Some(up_since) if !spec.slow_start.is_zero() && spec.weight > 0 => {
-                up_since.checked_add(spec.slow_start).map(|ends| Ramp {
-                    up_since,
-                    slow_start: spec.slow_start,
-                    ends,
-                })
+                up_since.checked_add(spec.slow_start).map(|ends| Ramp { up_since, slow_start: spec.slow_start, ends })
             }
             _ => None,
         };
-        ServerInfo {
-            weight: spec.weight,
-            max_connections: spec.max_connections,
-            ramp,
-        }
+        ServerInfo { weight: spec.weight, max_connections: spec.max_connections, ramp }
     }
 }
 
@@ -78,11 +70,9 @@ impl Ctx<'_> {
     fn ramped_weight(&self, server: usize, now: Instant) -> u32 {
         let info = &self.servers[server];
         match info.ramp {
-            Some(ramp) if now < ramp.ends => effective_weight(
-                info.weight,
-                ramp.slow_start,
-                now.saturating_duration_since(ramp.up_since),
-            ),
+            Some(ramp) if now < ramp.ends => {
+                effective_weight(info.weight, ramp.slow_start, now.saturating_duration_since(ramp.up_since))
+            }
             _ => info.weight * WEIGHT_UNIT,
         }
     }
@@ -128,9 +118,7 @@ impl Ctx<'_> {
     /// Reserves a slot on `server`; the new count, or `None` if it is full.
     #[inline]
     pub(crate) fn reserve(&self, server: usize) -> Option<u32> {
-        self.counters
-            .cell(server)
-            .try_reserve(self.max_connections(server))
+        self.counters.cell(server).try_reserve(self.max_connections(server))
     }
 }
 

@@ -37,40 +37,19 @@ mod tests {
         let period = Duration::from_secs(10);
         let w = 100;
         assert_eq!(effective_weight(w, period, Duration::ZERO), 1);
-        assert_eq!(
-            effective_weight(w, period, Duration::from_secs(5)),
-            50 * WEIGHT_UNIT
-        );
-        assert_eq!(
-            effective_weight(w, period, Duration::from_millis(2_500)),
-            25 * WEIGHT_UNIT
-        );
+        assert_eq!(effective_weight(w, period, Duration::from_secs(5)), 50 * WEIGHT_UNIT);
+        assert_eq!(effective_weight(w, period, Duration::from_millis(2_500)), 25 * WEIGHT_UNIT);
         assert_eq!(effective_weight(w, period, period), 100 * WEIGHT_UNIT);
-        assert_eq!(
-            effective_weight(w, period, Duration::from_secs(3600)),
-            100 * WEIGHT_UNIT
-        );
+        assert_eq!(effective_weight(w, period, Duration::from_secs(3600)), 100 * WEIGHT_UNIT);
         // Even weight 1 ramps smoothly.
-        assert_eq!(
-            effective_weight(1, period, Duration::from_secs(5)),
-            WEIGHT_UNIT / 2
-        );
+        assert_eq!(effective_weight(1, period, Duration::from_secs(5)), WEIGHT_UNIT / 2);
     }
 
     #[test]
     fn slow_start_never_revives_weight_zero_and_zero_period_means_no_ramp() {
-        assert_eq!(
-            effective_weight(0, Duration::from_secs(10), Duration::from_secs(5)),
-            0
-        );
+        assert_eq!(effective_weight(0, Duration::from_secs(10), Duration::from_secs(5)), 0);
         assert_eq!(effective_weight(0, Duration::ZERO, Duration::ZERO), 0);
-        assert_eq!(
-            effective_weight(3, Duration::ZERO, Duration::ZERO),
-            3 * WEIGHT_UNIT
-        );
-        assert_eq!(
-            effective_weight(1000, Duration::ZERO, Duration::ZERO),
-            MAX_WEIGHT * WEIGHT_UNIT
-        );
+        assert_eq!(effective_weight(3, Duration::ZERO, Duration::ZERO), 3 * WEIGHT_UNIT);
+        assert_eq!(effective_weight(1000, Duration::ZERO, Duration::ZERO), MAX_WEIGHT * WEIGHT_UNIT);
     }
 }

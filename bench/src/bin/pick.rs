@@ -15,9 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use ringlb::balance::{
-    Balancer, ExcludeSet, Pick, Policy, ServerSpec, WorkerBalanceState, DEFAULT_TABLE_SIZE,
-};
+use ringlb::balance::{Balancer, ExcludeSet, Pick, Policy, ServerSpec, WorkerBalanceState, DEFAULT_TABLE_SIZE};
 
 const SIZES: [usize; 3] = [2, 16, 256];
 const WARM_UP: usize = 200_000;
@@ -31,9 +29,7 @@ const CLIENTS: usize = 4096;
 const POLICIES: [Policy; 5] = [
     Policy::RoundRobin,
     Policy::LeastConn,
-    Policy::SourceHash {
-        table_size: DEFAULT_TABLE_SIZE,
-    },
+    Policy::SourceHash { table_size: DEFAULT_TABLE_SIZE },
     Policy::RandomTwo,
     Policy::First,
 ];
@@ -65,13 +61,9 @@ fn run() -> Result<(), String> {
     let clients = clients();
     let mut labels: Vec<String> = Vec::new();
     let mut cases: Vec<Case<'_>> = Vec::new();
-    for policy in POLICIES
-        .into_iter()
-        .filter(|p| only.is_none_or(|o| o == *p))
-    {
+    for policy in POLICIES.into_iter().filter(|p| only.is_none_or(|o| o == *p)) {
         for &n in &sizes {
-            let case = policy_case(policy, n, &clients)
-                .map_err(|e| format!("{policy}, {n} servers: {e}"))?;
+            let case = policy_case(policy, n, &clients).map_err(|e| format!("{policy}, {n} servers: {e}"))?;
             cases.push(case);
         }
         labels.push(policy.to_string());
@@ -145,9 +137,7 @@ fn clients() -> Vec<IpAddr> {
         .map(|i| {
             let x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
             if i % 4 == 3 {
-                IpAddr::V6(Ipv6Addr::from(
-                    u128::from(x) << 64 | u128::from(x.rotate_left(17)),
-                ))
+                IpAddr::V6(Ipv6Addr::from(u128::from(x) << 64 | u128::from(x.rotate_left(17))))
             } else {
                 IpAddr::V4(Ipv4Addr::from((x >> 32) as u32))
             }
@@ -158,12 +148,7 @@ fn clients() -> Vec<IpAddr> {
 /// Holds connections so that every policy works in a realistic steady state: least-conn and
 /// random-two see uneven, non-zero counts; first has its first half of servers full (each at
 /// max_connections 4), so each pick looks past n/2 full servers.
-fn prepare(
-    balancer: &Balancer,
-    policy: Policy,
-    servers: usize,
-    worker: &mut WorkerBalanceState,
-) -> Result<(), String> {
+fn prepare(balancer: &Balancer, policy: Policy, servers: usize, worker: &mut WorkerBalanceState) -> Result<(), String> {
     let held = match policy {
         Policy::First => 4 * (servers / 2),
         _ => 3 * servers + servers / 3,
@@ -179,8 +164,7 @@ fn prepare(
 }
 
 fn policy_case(policy: Policy, servers: usize, clients: &[IpAddr]) -> Result<Case<'_>, String> {
-    let balancer =
-        Balancer::build(policy, &specs(policy, servers), None).map_err(|e| e.to_string())?;
+    let balancer = Balancer::build(policy, &specs(policy, servers), None).map_err(|e| e.to_string())?;
     let mut worker = WorkerBalanceState::new(1);
     prepare(&balancer, policy, servers, &mut worker)?;
     let exclude = ExcludeSet::new();
@@ -197,10 +181,7 @@ fn policy_case(policy: Policy, servers: usize, clients: &[IpAddr]) -> Result<Cas
         }
         Ok(start.elapsed().as_nanos() as f64 / iterations as f64)
     };
-    Ok(Case {
-        run: Box::new(run),
-        divisor: 1,
-    })
+    Ok(Case { run: Box::new(run), divisor: 1 })
 }
 
 /// The naive least-conn: read every server's shared counter and keep the lowest
@@ -216,8 +197,7 @@ fn scan_case(servers: usize) -> Result<Case<'static>, String> {
         let start = Instant::now();
         for _ in 0..iterations {
             let weights = black_box(&weights);
-            let (mut best, mut best_active, mut best_weight) =
-                (0, u64::from(counters.active(0)), weights[0]);
+            let (mut best, mut best_active, mut best_weight) = (0, u64::from(counters.active(0)), weights[0]);
             for (s, &weight) in weights.iter().enumerate().skip(1) {
                 let active = u64::from(counters.active(s));
                 if active * best_weight < best_active * weight {
@@ -228,8 +208,5 @@ fn scan_case(servers: usize) -> Result<Case<'static>, String> {
         }
         Ok(start.elapsed().as_nanos() as f64 / iterations as f64)
     };
-    Ok(Case {
-        run: Box::new(run),
-        divisor: (servers / 16).max(1),
-    })
+    Ok(Case { run: Box::new(run), divisor: (servers / 16).max(1) })
 }
