@@ -292,24 +292,21 @@ impl ExcludeSet {
 pub struct WorkerBalanceState {
     rng: Rng,
     balancer: u64,
-    /// Per tier (primary, backup): position in the round-robin period.
-    rr_cursor: [u32; 2],
     /// Next entry that least-conn or first re-checks against the live counters.
     sweep: u32,
 }
 
 impl WorkerBalanceState {
-    /// `seed` should differ between workers (the worker index will do), so that their
-    /// round-robin cursors and random draws are not in lockstep.
+    /// `seed` should differ between workers (the worker index will do), so that their random
+    /// draws are not in lockstep.
     pub fn new(seed: u64) -> WorkerBalanceState {
-        WorkerBalanceState { rng: Rng::new(seed), balancer: 0, rr_cursor: [0; 2], sweep: 0 }
+        WorkerBalanceState { rng: Rng::new(seed), balancer: 0, sweep: 0 }
     }
 
     #[inline]
     fn follow(&mut self, balancer: u64) {
         if self.balancer != balancer {
             self.balancer = balancer;
-            self.rr_cursor = [self.rng.next_u64() as u32, self.rng.next_u64() as u32];
             self.sweep = 0;
         }
     }
@@ -359,11 +356,11 @@ impl Balancer {
     pub fn select(&self, worker: &mut WorkerBalanceState, client: IpAddr, exclude: &ExcludeSet, now: Instant) -> Pick {
         worker.follow(self.id);
         let ctx = self.ctx(exclude, now);
-        let primary = self.tiers[0].select(&ctx, worker, 0, client);
+        let primary = self.tiers[0].select(&ctx, worker, client);
         if let Pick::Server(_) = primary {
             return primary;
         }
-        match self.tiers[1].select(&ctx, worker, 1, client) {
+        match self.tiers[1].select(&ctx, worker, client) {
             Pick::Server(index) => Pick::Server(index),
             Pick::AllFull => Pick::AllFull,
             Pick::NoneUsable => primary,
@@ -453,9 +450,9 @@ impl Tier {
     }
 
     #[inline]
-    fn select(&self, ctx: &Ctx<'_>, worker: &mut WorkerBalanceState, tier: usize, client: IpAddr) -> Pick {
+    fn select(&self, ctx: &Ctx<'_>, worker: &mut WorkerBalanceState, client: IpAddr) -> Pick {
         match self {
-            Tier::RoundRobin(rr) => rr.select(ctx, worker, tier),
+            Tier::RoundRobin(rr) => rr.select(ctx, worker),
             Tier::LeastConn(lc) => lc.select(ctx, worker),
             Tier::SourceHash(maglev) => maglev.select(ctx, client),
             Tier::RandomTwo(p2c) => p2c.select(ctx, worker),

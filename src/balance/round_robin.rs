@@ -5,21 +5,34 @@
 //! and its order repeats with a period of sum(weights) / gcd(weights) picks. Running it per pick
 //! costs O(n) (every server's running weight is updated); this module runs it once at build time
 //! over one period and stores the resulting order, so a pick is one array read and a cursor
-//! increment, O(1) whatever the number of servers. The cursor is per worker: each worker walks
-//! the same period from its own starting point, which gives every worker, and so the whole
-//! process, the configured shares.
+//! increment, O(1) whatever the number of servers.
+//!
+//! The cursor is one ticket counter per tier shared by all workers (on its own cache line), so
+//! the process as a whole follows the smooth order: two successive connections go to two servers
+//! whichever workers the kernel hands them to (with per-worker cursors, `curl` twice in a row may
+//! well reach the same server). It costs one atomic add per pick, the same kind of write the pick
+//! already makes to reserve a slot on the chosen server.
 //!
 //! Per pick, a server that is excluded, full or passed over by its slow-start ramp is skipped and
 //! the walk goes on; after a few such skips it falls back to an exact scan of the tier.
-//! Never reads other workers' cursors, never writes shared memory except the reserved counter.
+//! Writes no shared memory but the ticket counter and the reserved server's counter.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{first_fit, Ctx, Pick, ServerSpec, WorkerBalanceState};
 
 /// Entries of the period tried before the exact scan.
 const PROBES: usize = 16;
 
+/// The shared ticket counter, alone on its cache line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Ticket(AtomicU64);
+
 #[derive(Debug)]
 pub(crate) struct RoundRobin {
+    /// Next position in `order`, for every worker.
+    cursor: Ticket,
     /// Server indices in smooth weighted order, over one period.
     order: Box<[u16]>,
     /// The tier's servers, for the exact scan.
@@ -30,34 +43,25 @@ impl RoundRobin {
     pub(crate) fn build(members: &[u16], specs: &[ServerSpec]) -> RoundRobin {
         let weights: Vec<u32> = members.iter().map(|&s| specs[usize::from(s)].weight).collect();
         let order = smooth_order(&weights).into_iter().map(|p| members[p]).collect();
-        RoundRobin { order, members: members.into() }
+        RoundRobin { cursor: Ticket::default(), order, members: members.into() }
     }
 
     #[inline]
-    pub(crate) fn select(&self, ctx: &Ctx<'_>, worker: &mut WorkerBalanceState, tier: usize) -> Pick {
+    pub(crate) fn select(&self, ctx: &Ctx<'_>, worker: &mut WorkerBalanceState) -> Pick {
         let len = self.order.len();
         if len == 0 {
             return Pick::NoneUsable;
         }
-        let mut cursor = worker.rr_cursor[tier] as usize;
-        if cursor >= len {
-            cursor %= len;
-        }
         for _ in 0..len.min(PROBES) {
-            let server = usize::from(self.order[cursor]);
-            cursor += 1;
-            if cursor == len {
-                cursor = 0;
-            }
+            let ticket = self.cursor.0.fetch_add(1, Ordering::Relaxed);
+            let server = usize::from(self.order[(ticket % len as u64) as usize]);
             if ctx.excluded(server) || ctx.ramp_skips(server, &mut worker.rng) {
                 continue;
             }
             if ctx.reserve(server).is_some() {
-                worker.rr_cursor[tier] = cursor as u32;
                 return Pick::Server(server);
             }
         }
-        worker.rr_cursor[tier] = cursor as u32;
         let start = worker.rng.below(self.members.len() as u32) as usize;
         first_fit(ctx, &self.members, start)
     }

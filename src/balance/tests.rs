@@ -91,19 +91,31 @@ fn least_conn_counts_follow_weights_when_connections_stay_open() {
 #[test]
 fn round_robin_interleaves_weights_5_1_1_like_nginx() {
     let balancer = build(Policy::RoundRobin, &specs(&[5, 1, 1]));
-    for seed in 0..5 {
-        let mut worker = WorkerBalanceState::new(seed);
-        let order: String = (0..14)
-            .map(|i| match balancer.select(&mut worker, client(i), &ExcludeSet::new(), Instant::now()) {
-                Pick::Server(s) => (b'a' + s as u8) as char,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        // A worker starts anywhere in the period, then follows it: a rotation of "aabacaa".
-        let (period, again) = order.split_at(7);
-        assert_eq!(period, again, "the order repeats every 7 picks");
-        assert!("aabacaaaabacaa".contains(period), "{period} is not a rotation of aabacaa");
-    }
+    let mut worker = WorkerBalanceState::new(0);
+    let order: String = (0..14)
+        .map(|i| match balancer.select(&mut worker, client(i), &ExcludeSet::new(), Instant::now()) {
+            Pick::Server(s) => (b'a' + s as u8) as char,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(order, "aabacaaaabacaa", "nginx's smooth order, twice");
+}
+
+#[test]
+fn round_robin_order_is_global_across_workers() {
+    // Successive connections alternate whichever worker each one lands on.
+    let balancer = build(Policy::RoundRobin, &specs(&[1, 1]));
+    let mut workers = [WorkerBalanceState::new(1), WorkerBalanceState::new(2)];
+    let landing = [0, 0, 1, 0, 1, 1, 1, 0];
+    let picks: Vec<usize> = landing
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| match balancer.select(&mut workers[w], client(i as u64), &ExcludeSet::new(), Instant::now()) {
+            Pick::Server(s) => s,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(picks, [0, 1, 0, 1, 0, 1, 0, 1]);
 }
 
 /// A closed loop of clients, each reconnecting as soon as its connection ends, with connection
