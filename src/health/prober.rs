@@ -117,6 +117,9 @@ impl Prober {
         for (pool, config) in self.registry.config.pools.iter().enumerate() {
             let checked = self.checks.iter().filter(|c| c.pool == pool).count();
             info!("pool {}: {}", config.name, describe(config, checked));
+            if self.registry.pools[pool].all_down_since.is_some() {
+                warn!("pool {}: every server is down until its checks pass; {}", config.name, all_down_policy(config));
+            }
         }
         let (stop, stopped) = oneshot::channel();
         let thread = std::thread::Builder::new()
@@ -222,6 +225,14 @@ fn describe(pool: &crate::config::PoolConfig, checked: usize) -> String {
         h.initial_state.name(),
         pool.servers.len()
     )
+}
+
+/// What new clients of `pool` get while every server is down.
+fn all_down_policy(pool: &crate::config::PoolConfig) -> &'static str {
+    match pool.health.on_all_down {
+        OnAllDown::Reject => "new clients are rejected",
+        OnAllDown::FailOpen => "new clients go to any server (fail-open)",
+    }
 }
 
 /// Every server's health, and the table built from it.
@@ -370,11 +381,7 @@ impl Registry {
             let pool = &mut self.pools[p];
             match (pool.all_down_since, down) {
                 (None, true) => {
-                    let what = match policy {
-                        OnAllDown::Reject => "new clients are rejected",
-                        OnAllDown::FailOpen => "new clients go to any server (fail-open)",
-                    };
-                    warn!("pool {name}: every server is down; {what}");
+                    warn!("pool {name}: every server is down; {}", all_down_policy(&self.config.pools[p]));
                     pool.all_down_since = Some(count);
                 }
                 (Some(before), false) => {
