@@ -21,6 +21,7 @@
 //! - [`config`]: TOML -> raw serde structs -> validated typed config, errors as `file:line:col`.
 //! - [`balance`]: balancing policies as pure code.
 //! - [`control`]: signals, host checks, privilege drop.
+//! - [`health`]: the health prober, single writer of the table (active checks, passive detection).
 //!
 //! # Glossary
 //!
@@ -37,4 +38,5 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod demo_backend;
+pub mod health;
 pub mod table;

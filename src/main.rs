@@ -2,16 +2,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 use ringlb::config;
 use ringlb::control::signals::{self, Signal};
 use ringlb::control::{hostcheck, privdrop};
 use ringlb::datapath::DataPath;
-use ringlb::table::{BackendTable, SharedTable};
+use ringlb::health::Prober;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -120,13 +118,16 @@ fn preflight(config: &config::Config) -> Result<(), String> {
 fn run(path: &Path) -> Result<(), String> {
     signals::install().map_err(|e| format!("cannot set up signals: {e}"))?;
     let config = config::load(path).map_err(|e| e.to_string())?;
-    let table: SharedTable = Arc::new(ArcSwap::from_pointee(BackendTable::from_config(&config)));
+    // The prober publishes the first table (initial server states) and is its only writer.
+    let prober = Prober::new(&config);
+    let table = prober.table();
     let listeners = DataPath::bind(&config).map_err(|e| e.to_string())?;
     if let Some(user) = &config.runtime.user {
         privdrop::drop_privileges(user).map_err(|e| format!("runtime.user: {e}"))?;
     }
     preflight(&config)?;
     let datapath = DataPath::start(&config, listeners, table).map_err(|e| e.to_string())?;
+    let prober = prober.spawn().map_err(|e| e.to_string())?;
     for l in &datapath.bound {
         info!("listener {} bound {} -> pool {}", l.name, l.addr, l.pool);
     }
@@ -154,6 +155,7 @@ fn run(path: &Path) -> Result<(), String> {
             break;
         }
     }
+    prober.stop();
     datapath.join().map_err(|e| e.to_string())?;
     if !stopping {
         return Err("a worker stopped unexpectedly".to_string());

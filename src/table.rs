@@ -1,18 +1,30 @@
 //! The backend table: one immutable snapshot of every pool and server, published through
-//! arc-swap. Workers load it per connection; the control plane builds a new one and swaps it in.
-//! Nothing here blocks or allocates on the workers' hot path beyond an `Arc` clone.
+//! arc-swap. Workers load it per connection; the health prober is its single writer and publishes
+//! a new one whenever a server changes state. Nothing here blocks or allocates on the workers' hot
+//! path beyond an `Arc` clone.
+//!
+//! A snapshot also carries what outlives it, shared by every snapshot of a pool: the counters of
+//! clients that found every server down, and the channel on which workers report connect outcomes
+//! to the prober (passive health detection). Reporting never blocks: a full channel drops the
+//! report.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use crossbeam::channel::Sender;
 
-use crate::config::Config;
+use crate::config::{Config, OnAllDown};
 
 #[derive(Debug)]
 pub struct BackendTable {
     pub pools: Vec<PoolTable>,
+    /// Raised by every publish. Connect reports carry the version of the snapshot their
+    /// connection used, so that a report about an older server list is never applied to a newer
+    /// one.
+    pub version: u64,
 }
 
 #[derive(Debug)]
@@ -21,6 +33,13 @@ pub struct PoolTable {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub retries: u32,
+    /// What new clients get when no server is usable.
+    pub on_all_down: OnAllDown,
+    /// No server of the pool is usable in this snapshot.
+    pub all_down: bool,
+    /// Where workers report connect outcomes; `None` when passive detection is off.
+    pub passive: Option<PassiveReports>,
+    pub counters: Arc<PoolCounters>,
     pub servers: Vec<ServerEntry>,
 }
 
@@ -44,6 +63,16 @@ pub enum ServerState {
     Draining,
 }
 
+impl ServerState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerState::Up => "up",
+            ServerState::Down => "down",
+            ServerState::Draining => "draining",
+        }
+    }
+}
+
 impl ServerEntry {
     /// May receive a new connection (health and weight; policies add their own limits).
     pub fn usable(&self) -> bool {
@@ -51,35 +80,213 @@ impl ServerEntry {
     }
 }
 
+/// Clients of one pool that found every server down, over the life of the process.
+#[derive(Debug, Default)]
+pub struct PoolCounters {
+    /// Closed at once (`on_all_down = "reject"`).
+    pub rejected: AtomicU64,
+    /// Sent to a server whatever its health (`on_all_down = "fail-open"`).
+    pub failed_open: AtomicU64,
+}
+
+/// How one connect attempt to a server ended, as a worker saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    Connected,
+    /// `connect_timeout` expired.
+    TimedOut,
+    /// The connect failed with this errno (positive), e.g. ECONNREFUSED.
+    Failed(i32),
+}
+
+/// One connect outcome, naming the server by its indices in the snapshot of `version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectReport {
+    pub version: u64,
+    pub pool: u32,
+    pub server: u32,
+    pub outcome: ConnectOutcome,
+}
+
+/// The sending side of the passive-report channel (bounded; the prober drains it).
+#[derive(Debug, Clone)]
+pub struct PassiveReports(Sender<ConnectReport>);
+
+impl PassiveReports {
+    pub fn new(sender: Sender<ConnectReport>) -> PassiveReports {
+        PassiveReports(sender)
+    }
+}
+
+/// What every snapshot of one pool shares; created once by the table's writer.
+#[derive(Debug, Clone, Default)]
+pub struct PoolHandles {
+    pub passive: Option<PassiveReports>,
+    pub counters: Arc<PoolCounters>,
+}
+
+impl PoolTable {
+    /// Whether server `index` may get a new connection: a usable server, or, when every server is
+    /// down and the pool fails open, any server an operator has not drained.
+    pub fn eligible(&self, index: usize) -> bool {
+        let Some(server) = self.servers.get(index) else { return false };
+        if !self.all_down {
+            return server.usable();
+        }
+        self.on_all_down == OnAllDown::FailOpen && server.state != ServerState::Draining && server.weight > 0
+    }
+
+    /// Counts a new client that found every server down (call once per client).
+    pub fn count_all_down(&self) {
+        let counter = match self.on_all_down {
+            OnAllDown::Reject => &self.counters.rejected,
+            OnAllDown::FailOpen => &self.counters.failed_open,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl BackendTable {
+    /// Every server up, no passive detection: the table of a process without a prober.
     pub fn from_config(config: &Config) -> BackendTable {
+        let handles = vec![PoolHandles::default(); config.pools.len()];
+        BackendTable::build(config, 0, &handles, |_, _| ServerState::Up)
+    }
+
+    /// A snapshot of `config`'s pools with `handles[pool]` and `state(pool, server)`.
+    pub fn build(
+        config: &Config,
+        version: u64,
+        handles: &[PoolHandles],
+        state: impl Fn(usize, usize) -> ServerState,
+    ) -> BackendTable {
         let pools = config
             .pools
             .iter()
-            .map(|p| PoolTable {
-                name: p.name.clone(),
-                connect_timeout: p.connect_timeout,
-                idle_timeout: p.idle_timeout,
-                retries: p.retries,
-                servers: p
+            .enumerate()
+            .map(|(p, pool)| {
+                let servers: Vec<ServerEntry> = pool
                     .servers
                     .iter()
-                    .map(|s| ServerEntry {
-                        name: s.name.clone(),
-                        addr: s.resolved,
-                        weight: s.weight,
-                        state: ServerState::Up,
+                    .enumerate()
+                    .map(|(s, server)| ServerEntry {
+                        name: server.name.clone(),
+                        addr: server.resolved,
+                        weight: server.weight,
+                        state: state(p, s),
                     })
-                    .collect(),
+                    .collect();
+                let handles = handles.get(p).cloned().unwrap_or_default();
+                PoolTable {
+                    name: pool.name.clone(),
+                    connect_timeout: pool.connect_timeout,
+                    idle_timeout: pool.idle_timeout,
+                    retries: pool.retries,
+                    on_all_down: pool.health.on_all_down,
+                    all_down: !servers.iter().any(ServerEntry::usable),
+                    passive: handles.passive,
+                    counters: handles.counters,
+                    servers,
+                }
             })
             .collect();
-        BackendTable { pools }
+        BackendTable { pools, version }
     }
 
     pub fn pool_index(&self, name: &str) -> Option<usize> {
         self.pools.iter().position(|p| p.name == name)
     }
+
+    /// Tells the prober how a connect to `servers[server]` of `pools[pool]` ended, if the pool
+    /// has passive detection. Never blocks: when the channel is full the report is dropped.
+    pub fn report_connect(&self, pool: usize, server: usize, outcome: ConnectOutcome) {
+        let Some(passive) = self.pools.get(pool).and_then(|p| p.passive.as_ref()) else { return };
+        let report = ConnectReport { version: self.version, pool: pool as u32, server: server as u32, outcome };
+        // Full (the prober is behind) or disconnected (it stopped): either way nothing to do.
+        let _ = passive.0.try_send(report);
+    }
 }
 
 /// The handle shared by the control plane (writer) and every worker (readers).
 pub type SharedTable = Arc<ArcSwap<BackendTable>>;
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(on_all_down: &str) -> Config {
+        let text = format!(
+            "[listeners.web]\nbind = \"127.0.0.1:0\"\npool = \"web\"\n[pools.web.health]\non_all_down = \
+             \"{on_all_down}\"\n[[pools.web.servers]]\naddr = \"127.0.0.1:9001\"\n[[pools.web.servers]]\naddr = \
+             \"127.0.0.1:9002\"\n[[pools.web.servers]]\naddr = \"127.0.0.1:9003\"\n"
+        );
+        crate::config::parse(&text, Path::new("x.toml")).expect("valid config")
+    }
+
+    fn table(on_all_down: &str, states: [ServerState; 3]) -> BackendTable {
+        let handles = [PoolHandles::default()];
+        BackendTable::build(&config(on_all_down), 1, &handles, |_, s| states[s])
+    }
+
+    fn eligible(table: &BackendTable) -> Vec<bool> {
+        (0..3).map(|s| table.pools[0].eligible(s)).collect()
+    }
+
+    #[test]
+    fn only_up_servers_are_eligible_while_one_is_up() {
+        use ServerState::*;
+        for policy in ["reject", "fail-open"] {
+            let t = table(policy, [Down, Up, Draining]);
+            assert!(!t.pools[0].all_down);
+            assert_eq!(eligible(&t), [false, true, false], "{policy}");
+        }
+    }
+
+    #[test]
+    fn every_server_down_rejects_or_fails_open_but_never_to_a_drained_server() {
+        use ServerState::*;
+        let t = table("reject", [Down, Down, Draining]);
+        assert!(t.pools[0].all_down);
+        assert_eq!(eligible(&t), [false, false, false]);
+        let t = table("fail-open", [Down, Down, Draining]);
+        assert_eq!(eligible(&t), [true, true, false]);
+        assert!(!t.pools[0].eligible(3), "out of range");
+    }
+
+    #[test]
+    fn all_down_clients_are_counted_per_policy_across_snapshots() {
+        use ServerState::*;
+        let handles = [PoolHandles::default()];
+        let config = config("reject");
+        for version in 1..=3 {
+            let t = BackendTable::build(&config, version, &handles, |_, _| Down);
+            t.pools[0].count_all_down();
+        }
+        assert_eq!(handles[0].counters.rejected.load(Ordering::Relaxed), 3);
+        assert_eq!(handles[0].counters.failed_open.load(Ordering::Relaxed), 0);
+        let t = table("fail-open", [Down, Down, Down]);
+        t.pools[0].count_all_down();
+        assert_eq!(t.pools[0].counters.failed_open.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn reports_carry_the_snapshot_version_and_never_block() {
+        let (sender, receiver) = crossbeam::channel::bounded(1);
+        let handles = [PoolHandles { passive: Some(PassiveReports::new(sender)), ..PoolHandles::default() }];
+        let t = BackendTable::build(&config("reject"), 7, &handles, |_, _| ServerState::Up);
+        t.report_connect(0, 2, ConnectOutcome::Failed(libc::ECONNREFUSED));
+        // The channel is full: dropped, not blocked on.
+        t.report_connect(0, 1, ConnectOutcome::Connected);
+        let expected = ConnectReport { version: 7, pool: 0, server: 2, outcome: ConnectOutcome::Failed(111) };
+        assert_eq!(receiver.try_recv(), Ok(expected));
+        assert!(receiver.try_recv().is_err());
+        // No passive detection, or a pool that does not exist: nothing sent, nothing broken.
+        let quiet = table("reject", [ServerState::Up; 3]);
+        quiet.report_connect(0, 0, ConnectOutcome::TimedOut);
+        t.report_connect(5, 0, ConnectOutcome::TimedOut);
+        drop(receiver);
+        t.report_connect(0, 0, ConnectOutcome::TimedOut);
+    }
+}

@@ -18,6 +18,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -51,6 +52,25 @@ pub const MAX_RETRIES: u32 = 100;
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// Upper bound of `pools.*.servers[].weight`.
 pub const MAX_WEIGHT: u32 = 256;
+/// `pools.*.health.interval` when absent; `timeout` defaults to the interval.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// `pools.*.health.rise` when absent: consecutive successful checks that bring a server up.
+pub const DEFAULT_RISE: u32 = 2;
+/// `pools.*.health.fall` when absent: consecutive failed checks that take a server down.
+pub const DEFAULT_FALL: u32 = 3;
+/// `pools.*.health.passive_fall` when absent: consecutive connect failures seen by live
+/// traffic that take a server down without waiting for a check.
+pub const DEFAULT_PASSIVE_FALL: u32 = 3;
+/// Upper bound of `rise`, `fall` and `passive_fall`, a guard against typos.
+pub const MAX_RISE_FALL: u32 = 1000;
+/// `pools.*.health.path` when absent.
+pub const DEFAULT_CHECK_PATH: &str = "/";
+/// `pools.*.health.expect_status` when absent: success and redirects, as HAProxy.
+pub const DEFAULT_EXPECT_STATUS: StatusRanges = StatusRanges::from_static(&[(200, 399)]);
+/// `pools.*.health.on_all_down` when absent.
+pub const DEFAULT_ON_ALL_DOWN: OnAllDown = OnAllDown::Reject;
+/// `pools.*.health.initial_state` when absent: servers take traffic until a check fails.
+pub const DEFAULT_INITIAL_STATE: InitialState = InitialState::Up;
 
 /// A validated configuration. Listeners and pools are kept in file order of their names
 /// (sorted, as TOML tables are maps).
@@ -137,7 +157,124 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// Extra attempts on other servers after a refused or timed-out connect.
     pub retries: u32,
+    pub health: HealthConfig,
     pub servers: Vec<ServerConfig>,
+}
+
+/// `[pools.NAME.health]`: how the prober decides which servers are up.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub check: HealthCheck,
+    /// Time between the starts of two checks of one server (at most; see the prober's jitter).
+    pub interval: Duration,
+    /// How long one check may take, connect included.
+    pub timeout: Duration,
+    /// Consecutive successful checks that bring a down server up.
+    pub rise: u32,
+    /// Consecutive failed checks that take an up server down.
+    pub fall: u32,
+    /// Consecutive connect failures seen by live traffic that take a server down at once;
+    /// 0 = off. Always 0 when `check` is none, as nothing would bring the server back.
+    pub passive_fall: u32,
+    pub on_all_down: OnAllDown,
+    pub initial_state: InitialState,
+}
+
+/// What one health check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// No checks: every server is always up.
+    None,
+    /// A TCP connect.
+    Tcp,
+    /// `GET path` answered with a status in `expect_status`.
+    Http { path: String, expect_status: StatusRanges, host: Option<String> },
+    /// `send` written (nothing when empty), then a reply starting with `expect`.
+    SendExpect { send: String, expect: String },
+}
+
+impl HealthCheck {
+    /// The spelling used in the file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HealthCheck::None => "none",
+            HealthCheck::Tcp => "tcp",
+            HealthCheck::Http { .. } => "http",
+            HealthCheck::SendExpect { .. } => "send-expect",
+        }
+    }
+}
+
+/// The HTTP statuses an http check accepts, as inclusive ranges (`"200-399"`, `"200,204"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRanges(Cow<'static, [(u16, u16)]>);
+
+impl StatusRanges {
+    pub const fn from_static(ranges: &'static [(u16, u16)]) -> StatusRanges {
+        StatusRanges(Cow::Borrowed(ranges))
+    }
+
+    pub fn from_ranges(ranges: Vec<(u16, u16)>) -> StatusRanges {
+        StatusRanges(Cow::Owned(ranges))
+    }
+
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|&(low, high)| (low..=high).contains(&status))
+    }
+}
+
+impl std::fmt::Display for StatusRanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, &(low, high)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if low == high {
+                write!(f, "{low}")?;
+            } else {
+                write!(f, "{low}-{high}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What new clients of a pool get when every server is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnAllDown {
+    /// Closed at once.
+    Reject,
+    /// Sent to any server, health ignored (a drained server is still skipped).
+    FailOpen,
+}
+
+impl OnAllDown {
+    /// The spelling used in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnAllDown::Reject => "reject",
+            OnAllDown::FailOpen => "fail-open",
+        }
+    }
+}
+
+/// A server's state before its first check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialState {
+    /// Up until a check fails.
+    Up,
+    /// Down until `rise` checks succeed.
+    Down,
+}
+
+impl InitialState {
+    /// The spelling used in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            InitialState::Up => "up",
+            InitialState::Down => "down",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +286,17 @@ pub struct ServerConfig {
     /// `addr` resolved at load time.
     pub resolved: SocketAddr,
     pub weight: u32,
+    /// False (`check = false`): never checked, always up.
+    pub check: bool,
+    /// The port checks connect to instead of the server's own (`check_port`).
+    pub check_port: Option<u16>,
+}
+
+impl ServerConfig {
+    /// Where the health checks of this server connect.
+    pub fn check_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.resolved.ip(), self.check_port.unwrap_or(self.resolved.port()))
+    }
 }
 
 /// Reads and validates a configuration file. Server host names are resolved with the system
@@ -266,6 +414,13 @@ pub enum Problem {
     BadName { key: KeyPath, name: String, rule: &'static str },
     #[error("no listeners: add a [listeners.NAME] table with a bind and a pool")]
     NoListeners,
+    #[error("{key}: unknown value {text:?}, expected {expected}")]
+    UnknownChoice { key: KeyPath, text: String, expected: &'static str },
+    /// A key that only means something with another kind of check.
+    #[error("{key}: only used with check = {check:?}")]
+    NotForCheck { key: KeyPath, check: &'static str },
+    #[error("{key}: needs an active check (with check = \"none\" nothing would bring a server back up)")]
+    NeedsActiveCheck { key: KeyPath },
 }
 
 fn expected_keys(expected: &str) -> String {

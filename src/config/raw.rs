@@ -58,8 +58,28 @@ pub struct RawPool {
     pub connect_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub retries: Option<Spanned<Int>>,
+    pub health: Option<Table<RawHealth>>,
     #[serde(default)]
     pub servers: Vec<Table<RawServer>>,
+}
+
+/// `[pools.NAME.health]`: how the prober checks the pool's servers.
+#[derive(Debug, Default, DeriveDeserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub check: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub rise: Option<Spanned<Int>>,
+    pub fall: Option<Spanned<Int>>,
+    pub path: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub send: Option<Spanned<String>>,
+    pub expect: Option<Spanned<String>>,
+    pub passive_fall: Option<Spanned<Int>>,
+    pub on_all_down: Option<Spanned<String>>,
+    pub initial_state: Option<Spanned<String>>,
 }
 
 #[derive(Debug, DeriveDeserialize)]
@@ -68,6 +88,8 @@ pub struct RawServer {
     pub addr: Spanned<String>,
     pub weight: Option<Spanned<Int>>,
     pub name: Option<Spanned<String>>,
+    pub check: Option<Spanned<bool>>,
+    pub check_port: Option<Spanned<Int>>,
 }
 
 /// A TOML integer. Ranges are checked in `validate` so that every integer key reports

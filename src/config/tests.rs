@@ -74,6 +74,16 @@ fn minimal_file_gets_every_default() {
     assert_eq!(server.addr, "127.0.0.1:9001");
     assert_eq!(server.resolved, "127.0.0.1:9001".parse().unwrap());
     assert_eq!(server.weight, 1);
+    assert!(server.check);
+    assert_eq!(server.check_port, None);
+    assert_eq!(server.check_addr(), server.resolved);
+    let health = &pool.health;
+    assert_eq!(health.check, HealthCheck::Tcp);
+    assert_eq!(health.interval, Duration::from_secs(2));
+    assert_eq!(health.timeout, Duration::from_secs(2));
+    assert_eq!((health.rise, health.fall, health.passive_fall), (2, 3, 3));
+    assert_eq!(health.on_all_down, OnAllDown::Reject);
+    assert_eq!(health.initial_state, InitialState::Up);
 }
 
 #[test]
@@ -141,6 +151,151 @@ fn shipped_config_is_valid_and_spells_out_the_defaults() {
     assert_eq!(pool.retries, DEFAULT_RETRIES);
     let servers: Vec<_> = pool.servers.iter().map(|s| (s.name.as_str(), s.resolved.to_string(), s.weight)).collect();
     assert_eq!(servers, [("demo1", "127.0.0.1:9001".to_owned(), 1), ("demo2", "127.0.0.1:9002".to_owned(), 1)]);
+    assert!(pool.servers.iter().all(|s| s.check && s.check_port.is_none()));
+    let health = &pool.health;
+    assert_eq!(health.check, HealthCheck::Tcp);
+    assert_eq!((health.interval, health.timeout), (DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_INTERVAL));
+    assert_eq!((health.rise, health.fall, health.passive_fall), (DEFAULT_RISE, DEFAULT_FALL, DEFAULT_PASSIVE_FALL));
+    assert_eq!(health.on_all_down, DEFAULT_ON_ALL_DOWN);
+    assert_eq!(health.initial_state, DEFAULT_INITIAL_STATE);
+}
+
+#[test]
+fn every_health_key_is_read() {
+    let config = ok(r#"
+[listeners.web]
+bind = "127.0.0.1:80"
+pool = "web"
+[pools.web.health]
+check = "http"
+interval = "500ms"
+timeout = "300ms"
+rise = 1
+fall = 5
+path = "/healthz?full=1"
+expect_status = "200,204,301-302"
+host = "web.example"
+passive_fall = 0
+on_all_down = "fail-open"
+initial_state = "down"
+[[pools.web.servers]]
+addr = "127.0.0.1:9001"
+check_port = 9100
+[[pools.web.servers]]
+addr = "127.0.0.1:9002"
+check = false
+[pools.kv.health]
+check = "send-expect"
+send = "PING\r\n"
+expect = "+PONG"
+[[pools.kv.servers]]
+addr = "127.0.0.1:6379"
+"#);
+    let web = config.pools.iter().find(|p| p.name == "web").expect("pool web");
+    let health = &web.health;
+    let HealthCheck::Http { path, expect_status, host } = &health.check else {
+        panic!("expected an http check, got {:?}", health.check);
+    };
+    assert_eq!(path, "/healthz?full=1");
+    assert_eq!(expect_status.to_string(), "200,204,301-302");
+    assert_eq!(host.as_deref(), Some("web.example"));
+    assert_eq!((health.interval, health.timeout), (Duration::from_millis(500), Duration::from_millis(300)));
+    assert_eq!((health.rise, health.fall, health.passive_fall), (1, 5, 0));
+    assert_eq!(health.on_all_down, OnAllDown::FailOpen);
+    assert_eq!(health.initial_state, InitialState::Down);
+    assert_eq!(web.servers[0].check_addr(), "127.0.0.1:9100".parse().unwrap());
+    assert!(web.servers[0].check);
+    assert!(!web.servers[1].check);
+    let kv = config.pools.iter().find(|p| p.name == "kv").expect("pool kv");
+    assert_eq!(kv.health.check, HealthCheck::SendExpect { send: "PING\r\n".to_owned(), expect: "+PONG".to_owned() });
+}
+
+#[test]
+fn health_defaults_follow_the_check() {
+    let with_health = |health: &str| ok(&format!("{MINIMAL}[pools.web.health]\n{health}")).pools[0].health.clone();
+    // The timeout follows the interval unless written.
+    let health = with_health("interval = \"1s\"\n");
+    assert_eq!((health.interval, health.timeout), (Duration::from_secs(1), Duration::from_secs(1)));
+    let HealthCheck::Http { path, expect_status, host } = with_health("check = \"http\"\n").check else {
+        panic!("expected an http check");
+    };
+    assert_eq!((path.as_str(), expect_status, host), ("/", DEFAULT_EXPECT_STATUS, None));
+    // Nothing to send: for servers that speak first.
+    let check = with_health("check = \"send-expect\"\nexpect = \"SSH-\"\n").check;
+    assert_eq!(check, HealthCheck::SendExpect { send: String::new(), expect: "SSH-".to_owned() });
+    // Without checks nothing could bring a server back, so passive detection is off.
+    let health = with_health("check = \"none\"\n");
+    assert_eq!((health.check, health.passive_fall), (HealthCheck::None, 0));
+}
+
+#[test]
+fn health_errors_name_the_key() {
+    let health = |body: &str| error(&format!("{MINIMAL}[pools.web.health]\n{body}"));
+    assert_eq!(
+        health("check = \"tpc\"\n"),
+        r#"x.toml:9:9: pools.web.health.check: unknown value "tpc", expected tcp, http, send-expect or none"#
+    );
+    assert_eq!(health("path = \"/up\"\n"), r#"x.toml:9:8: pools.web.health.path: only used with check = "http""#);
+    assert_eq!(
+        health("check = \"http\"\nexpect = \"+OK\"\n"),
+        r#"x.toml:10:10: pools.web.health.expect: only used with check = "send-expect""#
+    );
+    assert_eq!(health("check = \"send-expect\"\n"), "x.toml:9:9: missing key `expect` in [pools.web.health]");
+    assert_eq!(
+        health("check = \"send-expect\"\nexpect = \"\"\n"),
+        "x.toml:10:10: pools.web.health.expect: must not be empty"
+    );
+    assert_eq!(
+        health("check = \"none\"\npassive_fall = 2\n"),
+        "x.toml:10:16: pools.web.health.passive_fall: needs an active check (with check = \"none\" nothing \
+         would bring a server back up)"
+    );
+    assert_eq!(
+        health("check = \"none\"\ninitial_state = \"down\"\n"),
+        "x.toml:10:17: pools.web.health.initial_state: needs an active check (with check = \"none\" nothing \
+         would bring a server back up)"
+    );
+    assert_eq!(
+        health("check = \"http\"\npath = \"health\"\n"),
+        r#"x.toml:10:8: pools.web.health.path: invalid value "health" (must start with / and contain no spaces or control characters)"#
+    );
+    assert_eq!(
+        health("check = \"http\"\nhost = \"a b\"\n"),
+        r#"x.toml:10:8: pools.web.health.host: invalid value "a b" (must be a non-empty host name without spaces or control characters)"#
+    );
+    assert_eq!(
+        health("check = \"http\"\nexpect_status = \"2xx\"\n"),
+        r#"x.toml:10:17: pools.web.health.expect_status: invalid status list "2xx" (expected status codes 100 to 599 and ranges, e.g. "200-399" or "200,204,301-302")"#
+    );
+    assert_eq!(
+        health("on_all_down = \"open\"\n"),
+        r#"x.toml:9:15: pools.web.health.on_all_down: unknown value "open", expected reject or fail-open"#
+    );
+    assert_eq!(
+        health("initial_state = \"maybe\"\n"),
+        r#"x.toml:9:17: pools.web.health.initial_state: unknown value "maybe", expected up or down"#
+    );
+    assert_eq!(health("rise = 0\n"), "x.toml:9:8: pools.web.health.rise: must be between 1 and 1000, got 0");
+    assert_eq!(health("fall = 1001\n"), "x.toml:9:8: pools.web.health.fall: must be between 1 and 1000, got 1001");
+    assert_eq!(
+        health("passive_fall = -1\n"),
+        "x.toml:9:16: pools.web.health.passive_fall: must be between 0 and 1000, got -1"
+    );
+    assert_eq!(health("interval = \"0s\"\n"), "x.toml:9:12: pools.web.health.interval: must be longer than 0ms");
+    assert_eq!(health("timeout = \"0s\"\n"), "x.toml:9:11: pools.web.health.timeout: must be longer than 0ms");
+    assert_eq!(
+        health("intervall = \"1s\"\n"),
+        "x.toml:9:1: unknown key `intervall` in [pools.web.health], expected one of check, interval, timeout, \
+         rise, fall, path, expect_status, host, send, expect, passive_fall, on_all_down, initial_state"
+    );
+    assert_eq!(
+        error(&format!("{MINIMAL}check_port = 0\n")),
+        "x.toml:8:14: pools.web.servers[0].check_port: must be between 1 and 65535, got 0"
+    );
+    assert_eq!(
+        error(&format!("{MINIMAL}check = \"no\"\n")),
+        r#"x.toml:8:9: pools.web.servers[0].check: invalid type: string "no", expected a boolean"#
+    );
 }
 
 #[test]
@@ -226,7 +381,8 @@ fn unknown_keys_name_their_table_and_the_expected_keys() {
     );
     assert_eq!(
         error(&format!("{MINIMAL}weight = 1\nport = 80\n")),
-        "x.toml:9:1: unknown key `port` in pools.web.servers[0], expected one of addr, weight, name"
+        "x.toml:9:1: unknown key `port` in pools.web.servers[0], expected one of addr, weight, name, check, \
+         check_port"
     );
     assert_eq!(
         error(&format!("[runtime]\nworker = 1\n{MINIMAL}")),
@@ -246,11 +402,12 @@ fn unknown_keys_name_their_table_and_the_expected_keys() {
     // A key that is not printable is escaped, keeping the message on one line.
     assert_eq!(
         error(&format!("{MINIMAL}\"a\\nb\" = 1\n")),
-        r#"x.toml:8:1: unknown key `"a\nb"` in pools.web.servers[0], expected one of addr, weight, name"#
+        r#"x.toml:8:1: unknown key `"a\nb"` in pools.web.servers[0], expected one of addr, weight, name, check, check_port"#
     );
     assert_eq!(
         error("pools.p.servers = [{ addr = \"127.0.0.1:1\" }, { adr = \"x\" }]\n"),
-        "x.toml:1:48: unknown key `adr` in pools.p.servers[1], expected one of addr, weight, name"
+        "x.toml:1:48: unknown key `adr` in pools.p.servers[1], expected one of addr, weight, name, check, \
+         check_port"
     );
 }
 

@@ -5,6 +5,8 @@
 //! file is reported, like a compiler's first error, whatever order the checks run in. Nothing
 //! here reads files or binds sockets; the resolver it is given is its only I/O.
 
+mod health;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -232,6 +234,7 @@ impl Checker<'_> {
         let idle_timeout =
             self.duration(&pool.idle_timeout, key.key("idle_timeout"), false).unwrap_or(DEFAULT_IDLE_TIMEOUT);
         let retries = self.int(&pool.retries, key.key("retries"), 0, MAX_RETRIES).unwrap_or(DEFAULT_RETRIES);
+        let health = self.health(pool.health.as_deref(), &key.key("health"));
 
         if pool.servers.is_empty() {
             self.fail(name.span().start, Problem::NoServers { pool: key.clone() });
@@ -261,7 +264,7 @@ impl Checker<'_> {
             }
             servers.push(name);
         }
-        PoolConfig { name: name.get_ref().clone(), balance, connect_timeout, idle_timeout, retries, servers }
+        PoolConfig { name: name.get_ref().clone(), balance, connect_timeout, idle_timeout, retries, health, servers }
     }
 
     /// A validated server and the offset of the text its name comes from (the `name` value, or
@@ -289,7 +292,10 @@ impl Checker<'_> {
                 None
             }
         };
-        let server = ServerConfig { name, addr: addr.clone(), resolved: resolved?, weight: weight? };
+        let check = server.check.as_ref().map_or(true, |check| *check.get_ref());
+        // An invalid port is recorded as a problem; the config is refused then.
+        let check_port = self.int(&server.check_port, key.key("check_port"), 1, u16::MAX);
+        let server = ServerConfig { name, addr: addr.clone(), resolved: resolved?, weight: weight?, check, check_port };
         Some((server, name_offset))
     }
 

@@ -20,7 +20,7 @@ use super::ops::{self, Op};
 use super::pipes::Pipe;
 use super::worker::Worker;
 use crate::config::SpliceMode;
-use crate::table::BackendTable;
+use crate::table::{BackendTable, ConnectOutcome};
 
 const C2B: usize = 0;
 const B2C: usize = 1;
@@ -151,6 +151,10 @@ impl Worker {
             return;
         };
         let p = &table.pools[pool];
+        if p.all_down {
+            // `on_all_down`: `pick` then finds nothing (reject) or ignores health (fail-open).
+            p.count_all_down();
+        }
         c.pool = pool;
         c.attempts_left = p.retries + 1;
         c.idle_timeout = p.idle_timeout;
@@ -159,14 +163,15 @@ impl Worker {
         self.connect_next(slot);
     }
 
-    /// Round robin over the pool's usable servers, skipping those already tried.
+    /// Round robin over the pool's eligible servers (usable ones, or every one when all are down
+    /// and the pool fails open), skipping those already tried.
     fn pick(&mut self, slot: u32) -> Option<usize> {
         let c = &self.conns[slot as usize];
         let table = c.table.as_ref()?;
-        let servers = &table.pools[c.pool].servers;
-        let n = servers.len();
+        let pool = &table.pools[c.pool];
+        let n = pool.servers.len();
         let cursor = self.rr.get(c.pool).copied().unwrap_or(0);
-        let pick = (0..n).map(|i| (cursor + i) % n).find(|&i| servers[i].usable() && !c.tried.contains(&i))?;
+        let pick = (0..n).map(|i| (cursor + i) % n).find(|&i| pool.eligible(i) && !c.tried.contains(&i))?;
         if let Some(r) = self.rr.get_mut(c.pool) {
             *r = pick + 1;
         }
@@ -268,6 +273,17 @@ impl Worker {
             return;
         }
         let r = c.connect;
+        if r.socket >= 0 && r.sockopt >= 0 {
+            // Passive health: the prober hears of every connect that reached the network.
+            let outcome = match r.connect {
+                0 => ConnectOutcome::Connected,
+                _ if r.timeout == -libc::ETIME => ConnectOutcome::TimedOut,
+                e => ConnectOutcome::Failed(-e),
+            };
+            if let Some(table) = &c.table {
+                table.report_connect(c.pool, c.server, outcome);
+            }
+        }
         if r.connect == 0 {
             c.phase = Phase::Proxying;
             c.last_active = self.now;

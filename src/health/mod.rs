@@ -1,0 +1,20 @@
+//! Health checks: which servers may take new connections.
+//!
+//! A control-plane module. One prober thread checks every server concurrently (TCP connect, HTTP
+//! status or send/expect, `[pools.NAME.health]`), applies rise/fall hysteresis, and takes a server
+//! down at once when live traffic reports `passive_fall` consecutive connect failures. It owns every
+//! server's health and is the single writer of the backend table: each change of state publishes
+//! one new snapshot and is logged once.
+//!
+//! It talks to the data path only through that table (the snapshot it publishes, and the bounded
+//! channel in it on which workers report connect outcomes without ever blocking). It never touches
+//! a connection, and nothing in the data path imports it.
+//!
+//! Files: `state` (hysteresis, pure), `checks` (one check over one connection), `prober` (the
+//! thread, the registry of every server's health, publishing and logging).
+
+mod checks;
+mod prober;
+mod state;
+
+pub use prober::{HealthError, Prober, RunningProber};

@@ -1,0 +1,626 @@
+//! The prober: one thread, `ringlb-prober`, running a single-threaded tokio runtime in which every
+//! checked server has its own small task, so all checks run concurrently. The thread owns every
+//! server's health and is the only writer of the backend table: whenever a server changes state it
+//! publishes one new immutable snapshot holding everything, then logs the transition once.
+//!
+//! Why tokio on epoll rather than tokio-uring: tokio-uring 0.5 does not cancel an operation whose
+//! future is dropped, and the socket stays open until the kernel completes it. A timed-out check
+//! of a server that drops SYNs would hold its socket for the kernel's whole SYN retry time (about
+//! two minutes), one more every interval; 1,000 such servers checked every second would need far
+//! more descriptors than this process may open. With tokio, dropping a check closes its socket at
+//! once. tokio-uring would also pull in second copies of io-uring and socket2. A check is a
+//! handful of system calls, far from the data path's volume, so epoll costs nothing that matters
+//! here (see bench/README.md, "Health prober cost").
+//!
+//! Live traffic reports connect outcomes through a bounded channel (see `table`); the prober
+//! drains it every `PASSIVE_DRAIN`. The prober never blocks the workers and never touches a
+//! connection.
+
+use std::io;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use crossbeam::channel::Receiver;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{error, info, warn};
+
+use super::checks::{self, CheckFailure, Probe};
+use super::state::{Health, ServerHealth, Thresholds};
+use crate::config::{Config, HealthCheck, InitialState, OnAllDown};
+use crate::table::{
+    BackendTable, ConnectOutcome, ConnectReport, PassiveReports, PoolHandles, ServerState, SharedTable,
+};
+
+/// How often the passive-report channel is drained: the longest a failure seen by traffic waits
+/// before it counts.
+const PASSIVE_DRAIN: Duration = Duration::from_millis(10);
+/// Capacity of the passive-report channel: a `PASSIVE_DRAIN` worth of connects at over 1.6
+/// million per second. Beyond it reports are dropped, never waited for.
+const PASSIVE_CAPACITY: usize = 16 * 1024;
+/// Each wait between two checks of a server is shortened by a random fraction up to this, so
+/// that the checks of many servers spread out and never line up again, while no wait exceeds
+/// `interval` (which keeps `fall x interval + timeout` a bound on detection).
+const JITTER: f64 = 0.1;
+/// The first version published with the server list of the configuration. Reports about an
+/// older version would name servers by indices of another list (a reload raises this).
+const FIRST_VERSION: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("health prober: cannot build its runtime: {0}")]
+    Runtime(io::Error),
+    #[error("health prober: cannot start its thread: {0}")]
+    Spawn(io::Error),
+}
+
+/// The prober, configured but not running: its initial table is already published, so the data
+/// path can start on it (servers with `initial_state = "down"` are down from the first
+/// connection on).
+pub struct Prober {
+    registry: Registry,
+    reports: Receiver<ConnectReport>,
+    checks: Vec<CheckSpec>,
+}
+
+/// The running prober thread; stopped by [`RunningProber::stop`] or on drop.
+pub struct RunningProber {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// One server's checks.
+struct CheckSpec {
+    pool: usize,
+    server: usize,
+    probe: Probe,
+    addr: std::net::SocketAddr,
+    interval: Duration,
+    timeout: Duration,
+}
+
+/// One finished check.
+struct CheckDone {
+    pool: usize,
+    server: usize,
+    result: Result<(), CheckFailure>,
+    took: Duration,
+}
+
+impl Prober {
+    pub fn new(config: &Config) -> Prober {
+        let (sender, reports) = crossbeam::channel::bounded(PASSIVE_CAPACITY);
+        let registry = Registry::new(config, PassiveReports::new(sender));
+        let mut checks = Vec::new();
+        for (p, pool) in config.pools.iter().enumerate() {
+            for (s, server) in pool.servers.iter().enumerate().filter(|(_, server)| server.check) {
+                let Some(probe) = Probe::new(&pool.health.check, &server.addr) else { continue };
+                let (interval, timeout) = (pool.health.interval, pool.health.timeout);
+                checks.push(CheckSpec { pool: p, server: s, probe, addr: server.check_addr(), interval, timeout });
+            }
+        }
+        Prober { registry, reports, checks }
+    }
+
+    /// The table the prober writes and the workers read.
+    pub fn table(&self) -> SharedTable {
+        self.registry.table.clone()
+    }
+
+    /// Starts the `ringlb-prober` thread.
+    pub fn spawn(self) -> Result<RunningProber, HealthError> {
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(HealthError::Runtime)?;
+        for (pool, config) in self.registry.config.pools.iter().enumerate() {
+            let checked = self.checks.iter().filter(|c| c.pool == pool).count();
+            info!("pool {}: {}", config.name, describe(config, checked));
+            if self.registry.pools[pool].all_down_since.is_some() {
+                warn!("pool {}: every server is down until its checks pass; {}", config.name, all_down_policy(config));
+            }
+        }
+        let (stop, stopped) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("ringlb-prober".to_owned())
+            .spawn(move || runtime.block_on(self.run(stopped)))
+            .map_err(HealthError::Spawn)?;
+        Ok(RunningProber { stop: Some(stop), thread: Some(thread) })
+    }
+
+    async fn run(self, mut stop: oneshot::Receiver<()>) {
+        let Prober { mut registry, reports, checks } = self;
+        let any_checks = !checks.is_empty();
+        let any_passive = registry.handles.iter().any(|h| h.passive.is_some());
+        // Every task has at most one result in flight, so sends never wait.
+        let (done, mut results) = mpsc::channel(checks.len().max(1));
+        let mut rng = Rng::from_clock();
+        let mut tasks = JoinSet::new();
+        for spec in checks {
+            let first = spec.interval.mul_f64(rng.fraction());
+            tasks.spawn(check_loop(spec, first, Rng::new(rng.next()), done.clone()));
+        }
+        drop(done);
+        let mut drain = tokio::time::interval(PASSIVE_DRAIN);
+        drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(first) = results.recv(), if any_checks => {
+                    registry.on_check(first);
+                    while let Ok(next) = results.try_recv() {
+                        registry.on_check(next);
+                    }
+                }
+                _ = drain.tick(), if any_passive => {
+                    while let Ok(report) = reports.try_recv() {
+                        registry.on_report(report);
+                    }
+                }
+            }
+            registry.publish();
+        }
+        tasks.shutdown().await;
+    }
+}
+
+impl RunningProber {
+    /// Stops the checks and waits for the thread.
+    pub fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            // An error means the thread is gone already; the join below says how.
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                error!("health prober thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for RunningProber {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// Checks one server every `interval` (less jitter), forever; the first check after `first`.
+async fn check_loop(spec: CheckSpec, first: Duration, mut rng: Rng, done: mpsc::Sender<CheckDone>) {
+    let mut next = Instant::now() + first;
+    loop {
+        tokio::time::sleep_until(next).await;
+        let started = Instant::now();
+        let result = checks::run(&spec.probe, spec.addr, spec.timeout).await;
+        let took = started.elapsed();
+        if done.send(CheckDone { pool: spec.pool, server: spec.server, result, took }).await.is_err() {
+            return;
+        }
+        next = started + spec.interval.mul_f64(1.0 - JITTER * rng.fraction());
+    }
+}
+
+/// `http checks every 2s (timeout 2s), rise 2, fall 3, passive_fall 3, on_all_down reject, 2 of
+/// 2 servers checked`.
+fn describe(pool: &crate::config::PoolConfig, checked: usize) -> String {
+    let h = &pool.health;
+    if h.check == HealthCheck::None {
+        return "no health checks: every server is up".to_owned();
+    }
+    format!(
+        "{} checks every {:?} (timeout {:?}), rise {}, fall {}, passive_fall {}, on_all_down {}, initial_state {}, \
+         {checked} of {} servers checked",
+        h.check.name(),
+        h.interval,
+        h.timeout,
+        h.rise,
+        h.fall,
+        h.passive_fall,
+        h.on_all_down.name(),
+        h.initial_state.name(),
+        pool.servers.len()
+    )
+}
+
+/// What new clients of `pool` get while every server is down.
+fn all_down_policy(pool: &crate::config::PoolConfig) -> &'static str {
+    match pool.health.on_all_down {
+        OnAllDown::Reject => "new clients are rejected",
+        OnAllDown::FailOpen => "new clients go to any server (fail-open)",
+    }
+}
+
+/// Every server's health, and the table built from it.
+struct Registry {
+    config: Config,
+    table: SharedTable,
+    handles: Vec<PoolHandles>,
+    pools: Vec<PoolRecord>,
+    version: u64,
+    /// Transitions since the last publish, logged right after it.
+    pending: Vec<Transition>,
+}
+
+struct PoolRecord {
+    thresholds: Thresholds,
+    servers: Vec<ServerRecord>,
+    /// Set while the published table has every server down: the pool's counter at that moment.
+    all_down_since: Option<u64>,
+}
+
+struct ServerRecord {
+    health: ServerHealth,
+    /// False for `check = false` and pools without checks: always up, traffic reports ignored.
+    checked: bool,
+    /// Set aside by an operator (the admin API will set it).
+    draining: bool,
+    last_check: Option<Duration>,
+}
+
+impl ServerRecord {
+    fn state(&self) -> ServerState {
+        match (self.draining, self.health.health()) {
+            (true, _) => ServerState::Draining,
+            (false, Health::Up) => ServerState::Up,
+            (false, Health::Down) => ServerState::Down,
+        }
+    }
+}
+
+struct Transition {
+    pool: usize,
+    server: usize,
+    from: Health,
+    to: Health,
+    reason: String,
+}
+
+impl Registry {
+    /// The health of every server before any check, published as the first table.
+    fn new(config: &Config, passive: PassiveReports) -> Registry {
+        let mut handles = Vec::new();
+        let mut pools = Vec::new();
+        for pool in &config.pools {
+            let h = &pool.health;
+            let active = h.check != HealthCheck::None;
+            let initial = match h.initial_state {
+                InitialState::Up => Health::Up,
+                InitialState::Down => Health::Down,
+            };
+            let servers = pool
+                .servers
+                .iter()
+                .map(|server| {
+                    let checked = active && server.check;
+                    let health = ServerHealth::new(if checked { initial } else { Health::Up });
+                    ServerRecord { health, checked, draining: false, last_check: None }
+                })
+                .collect();
+            let passive = (h.passive_fall > 0).then(|| passive.clone());
+            handles.push(PoolHandles { passive, ..PoolHandles::default() });
+            let thresholds = Thresholds { rise: h.rise, fall: h.fall, passive_fall: h.passive_fall };
+            pools.push(PoolRecord { thresholds, servers, all_down_since: None });
+        }
+        let mut registry = Registry {
+            config: config.clone(),
+            table: Arc::new(ArcSwap::from_pointee(BackendTable { pools: Vec::new(), version: 0 })),
+            handles,
+            pools,
+            version: FIRST_VERSION,
+            pending: Vec::new(),
+        };
+        let first = registry.build();
+        for (p, pool) in first.pools.iter().enumerate() {
+            if pool.all_down {
+                registry.pools[p].all_down_since = Some(registry.all_down_count(p));
+            }
+        }
+        registry.table.store(Arc::new(first));
+        registry
+    }
+
+    fn build(&self) -> BackendTable {
+        BackendTable::build(&self.config, self.version, &self.handles, |p, s| self.pools[p].servers[s].state())
+    }
+
+    fn on_check(&mut self, done: CheckDone) {
+        let CheckDone { pool: p, server: s, result, took } = done;
+        let Some(pool) = self.pools.get_mut(p) else { return };
+        let thresholds = pool.thresholds;
+        let Some(record) = pool.servers.get_mut(s) else { return };
+        record.last_check = Some(took);
+        let from = record.health.health();
+        let Some(to) = record.health.on_check(result.is_ok(), &thresholds) else { return };
+        let reason = match result {
+            Ok(()) => format!("{} consecutive checks passed", thresholds.rise),
+            Err(failure) => failure.to_string(),
+        };
+        self.pending.push(Transition { pool: p, server: s, from, to, reason });
+    }
+
+    fn on_report(&mut self, report: ConnectReport) {
+        if report.version < FIRST_VERSION {
+            return;
+        }
+        let (p, s) = (report.pool as usize, report.server as usize);
+        let Some(pool) = self.pools.get_mut(p) else { return };
+        let thresholds = pool.thresholds;
+        let Some(record) = pool.servers.get_mut(s).filter(|r| r.checked) else { return };
+        let from = record.health.health();
+        let connected = report.outcome == ConnectOutcome::Connected;
+        let Some(to) = record.health.on_connect(connected, &thresholds) else { return };
+        let last = match report.outcome {
+            ConnectOutcome::Failed(errno) => checks::connect_error_text(errno),
+            ConnectOutcome::TimedOut | ConnectOutcome::Connected => "connect timeout".to_owned(),
+        };
+        let reason = format!("passive: {} consecutive connect failures (last: {last})", thresholds.passive_fall);
+        self.pending.push(Transition { pool: p, server: s, from, to, reason });
+    }
+
+    /// Publishes a new table if anything changed, then logs what did.
+    fn publish(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.version += 1;
+        let table = self.build();
+        let all_down: Vec<bool> = table.pools.iter().map(|p| p.all_down).collect();
+        self.table.store(Arc::new(table));
+        for t in std::mem::take(&mut self.pending) {
+            self.log(&t);
+        }
+        for (p, down) in all_down.into_iter().enumerate() {
+            let name = &self.config.pools[p].name;
+            let policy = self.config.pools[p].health.on_all_down;
+            let count = self.all_down_count(p);
+            let pool = &mut self.pools[p];
+            match (pool.all_down_since, down) {
+                (None, true) => {
+                    warn!("pool {name}: every server is down; {}", all_down_policy(&self.config.pools[p]));
+                    pool.all_down_since = Some(count);
+                }
+                (Some(before), false) => {
+                    let what = match policy {
+                        OnAllDown::Reject => "rejected",
+                        OnAllDown::FailOpen => "sent to a server anyway",
+                    };
+                    let clients = count.saturating_sub(before);
+                    info!(
+                        "pool {name}: a server is up again; {clients} clients were {what} while every server was down"
+                    );
+                    pool.all_down_since = None;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The all-down counter of pool `p` that its policy raises.
+    fn all_down_count(&self, p: usize) -> u64 {
+        let counters = &self.handles[p].counters;
+        let counter = match self.config.pools[p].health.on_all_down {
+            OnAllDown::Reject => &counters.rejected,
+            OnAllDown::FailOpen => &counters.failed_open,
+        };
+        counter.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `pool web server app2: up -> down: connect refused; last check took 0.2ms`.
+    fn log(&self, t: &Transition) {
+        let pool = &self.config.pools[t.pool];
+        let server = &pool.servers[t.server].name;
+        let took = match self.pools[t.pool].servers[t.server].last_check {
+            Some(took) => format!("last check took {:.1}ms", took.as_secs_f64() * 1000.0),
+            None => "no check yet".to_owned(),
+        };
+        let (pool, from, to, reason) = (&pool.name, t.from.name(), t.to.name(), &t.reason);
+        match t.to {
+            Health::Down => warn!("pool {pool} server {server}: {from} -> {to}: {reason}; {took}"),
+            Health::Up => info!("pool {pool} server {server}: {from} -> {to}: {reason}; {took}"),
+        }
+    }
+}
+
+/// xorshift64*: enough randomness to spread checks, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    fn from_clock() -> Rng {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        Rng::new(nanos as u64 ^ (u64::from(std::process::id()) << 32))
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in [0, 1).
+    fn fraction(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use ServerState::{Down, Up};
+
+    /// Pools sort by name: `plain` (no checks, one server) is pool 0, `web` pool 1.
+    const PLAIN: usize = 0;
+    const WEB: usize = 1;
+    const REFUSED: ConnectOutcome = ConnectOutcome::Failed(libc::ECONNREFUSED);
+
+    /// Pool `web` (tcp, rise 2, fall 3, passive_fall 3 unless `health` says otherwise): servers
+    /// a, b checked, c with `check = false`; pool `plain` without checks.
+    fn config(health: &str) -> Config {
+        let text = format!(
+            "[listeners.web]\nbind = \"127.0.0.1:0\"\npool = \"web\"\n[pools.web.health]\n{health}\n\
+             [[pools.web.servers]]\naddr = \"127.0.0.1:9001\"\nname = \"a\"\n\
+             [[pools.web.servers]]\naddr = \"127.0.0.1:9002\"\nname = \"b\"\n\
+             [[pools.web.servers]]\naddr = \"127.0.0.1:9003\"\nname = \"c\"\ncheck = false\n\
+             [pools.plain.health]\ncheck = \"none\"\n[[pools.plain.servers]]\naddr = \"127.0.0.1:9004\"\n"
+        );
+        crate::config::parse(&text, Path::new("x.toml")).expect("valid config")
+    }
+
+    fn registry(health: &str) -> (Registry, SharedTable) {
+        let Prober { registry, .. } = Prober::new(&config(health));
+        let table = registry.table.clone();
+        (registry, table)
+    }
+
+    fn states(table: &SharedTable, pool: usize) -> Vec<ServerState> {
+        table.load().pools[pool].servers.iter().map(|s| s.state).collect()
+    }
+
+    /// One check result for a server of `web`, then a publish.
+    fn check(registry: &mut Registry, server: usize, passed: bool) {
+        let result = if passed { Ok(()) } else { Err(CheckFailure::Refused) };
+        registry.on_check(CheckDone { pool: WEB, server, result, took: Duration::from_millis(1) });
+        registry.publish();
+    }
+
+    fn report(server: u32, outcome: ConnectOutcome) -> ConnectReport {
+        ConnectReport { version: FIRST_VERSION, pool: WEB as u32, server, outcome }
+    }
+
+    #[test]
+    fn the_first_table_follows_initial_state_and_check_settings() {
+        let prober = Prober::new(&config("initial_state = \"down\""));
+        let table = prober.table();
+        assert_eq!(table.load().version, FIRST_VERSION);
+        assert_eq!(states(&table, PLAIN), [Up]);
+        // Unchecked servers are always up, so the pool is not all down.
+        assert_eq!(states(&table, WEB), [Down, Down, Up]);
+        assert!(!table.load().pools[WEB].all_down);
+        let checked: Vec<_> = prober.checks.iter().map(|c| (c.pool, c.server)).collect();
+        assert_eq!(checked, [(WEB, 0), (WEB, 1)]);
+        // Passive reports only where passive detection is on.
+        let passive: Vec<bool> = table.load().pools.iter().map(|p| p.passive.is_some()).collect();
+        assert_eq!(passive, [false, true]);
+    }
+
+    #[test]
+    fn a_change_publishes_one_new_snapshot_and_no_change_publishes_none() {
+        let (mut registry, table) = registry("");
+        check(&mut registry, 0, false);
+        check(&mut registry, 0, false);
+        check(&mut registry, 1, true);
+        assert_eq!(table.load().version, FIRST_VERSION, "nothing changed yet");
+        check(&mut registry, 0, false);
+        assert_eq!(table.load().version, FIRST_VERSION + 1);
+        assert_eq!(states(&table, WEB), [Down, Up, Up]);
+        check(&mut registry, 0, true);
+        check(&mut registry, 0, true);
+        assert_eq!(table.load().version, FIRST_VERSION + 2);
+        assert_eq!(states(&table, WEB), [Up, Up, Up]);
+    }
+
+    #[test]
+    fn changes_applied_together_publish_together() {
+        let (mut registry, table) = registry("fall = 1");
+        for server in [0, 1] {
+            let result = Err(CheckFailure::Timeout(Duration::from_secs(2)));
+            registry.on_check(CheckDone { pool: WEB, server, result, took: Duration::from_secs(2) });
+        }
+        registry.publish();
+        assert_eq!(states(&table, WEB), [Down, Down, Up]);
+        assert_eq!(table.load().version, FIRST_VERSION + 1);
+    }
+
+    #[test]
+    fn passive_failures_take_a_server_down_without_a_check() {
+        let (mut registry, table) = registry("");
+        for outcome in [REFUSED, ConnectOutcome::Connected, REFUSED, ConnectOutcome::TimedOut] {
+            registry.on_report(report(1, outcome));
+        }
+        registry.publish();
+        assert_eq!(states(&table, WEB), [Up, Up, Up]);
+        registry.on_report(report(1, REFUSED));
+        registry.on_report(report(0, REFUSED));
+        registry.publish();
+        assert_eq!(states(&table, WEB), [Up, Down, Up]);
+        assert_eq!(table.load().version, FIRST_VERSION + 1);
+        // The checks bring it back.
+        check(&mut registry, 1, true);
+        check(&mut registry, 1, true);
+        assert_eq!(states(&table, WEB), [Up, Up, Up]);
+    }
+
+    #[test]
+    fn reports_that_cannot_name_a_checked_server_are_ignored() {
+        let (mut registry, table) = registry("passive_fall = 1");
+        let web = WEB as u32;
+        let ignored = [
+            // From a table older than this server list.
+            ConnectReport { version: 0, pool: web, server: 0, outcome: REFUSED },
+            // About a server that is never checked: nothing would bring it back.
+            ConnectReport { version: FIRST_VERSION, pool: web, server: 2, outcome: REFUSED },
+            // Indices that do not exist.
+            ConnectReport { version: FIRST_VERSION, pool: web, server: 9, outcome: REFUSED },
+            ConnectReport { version: FIRST_VERSION, pool: 7, server: 0, outcome: REFUSED },
+            // A pool without checks.
+            ConnectReport { version: FIRST_VERSION, pool: PLAIN as u32, server: 0, outcome: REFUSED },
+        ];
+        for report in ignored {
+            registry.on_report(report);
+        }
+        registry.publish();
+        assert_eq!(states(&table, WEB), [Up, Up, Up]);
+        assert_eq!(states(&table, PLAIN), [Up]);
+        assert_eq!(table.load().version, FIRST_VERSION);
+        // The same report from the current list counts.
+        registry.on_report(report(0, REFUSED));
+        registry.publish();
+        assert_eq!(states(&table, WEB), [Down, Up, Up]);
+    }
+
+    #[test]
+    fn every_server_down_is_tracked_with_the_pool_counter() {
+        let text = "[listeners.web]\nbind = \"127.0.0.1:0\"\npool = \"web\"\n[pools.web.health]\nfall = 1\n\
+                    [[pools.web.servers]]\naddr = \"127.0.0.1:9001\"\n";
+        let config = crate::config::parse(text, Path::new("x.toml")).expect("valid");
+        let Prober { mut registry, .. } = Prober::new(&config);
+        let table = registry.table.clone();
+        let check = |registry: &mut Registry, passed| {
+            let result = if passed { Ok(()) } else { Err(CheckFailure::Refused) };
+            registry.on_check(CheckDone { pool: 0, server: 0, result, took: Duration::from_millis(1) });
+            registry.publish();
+        };
+        check(&mut registry, false);
+        assert!(table.load().pools[0].all_down);
+        assert_eq!(registry.pools[0].all_down_since, Some(0));
+        table.load().pools[0].count_all_down();
+        table.load().pools[0].count_all_down();
+        assert_eq!(registry.all_down_count(0), 2);
+        check(&mut registry, true);
+        check(&mut registry, true);
+        assert!(!table.load().pools[0].all_down);
+        assert_eq!(registry.pools[0].all_down_since, None);
+    }
+
+    #[test]
+    fn jitter_fractions_stay_in_range_and_vary() {
+        let mut rng = Rng::new(42);
+        let fractions: Vec<f64> = (0..1000).map(|_| rng.fraction()).collect();
+        assert!(fractions.iter().all(|f| (0.0..1.0).contains(f)));
+        let low = fractions.iter().filter(|&&f| f < 0.5).count();
+        assert!((400..600).contains(&low), "{low} of 1000 below 0.5");
+    }
+}
