@@ -12,7 +12,8 @@
 #
 # Environment: RINGLB, HA_CLIENT (binaries; default target/release), QUICK=1 (short soak and
 # waits), HA_SCENARIOS="1 2 ..." (a subset, in the order given), HA_ADVERT_INT (override the shipped
-# advert_int, for measurements), HA_RESULTS (where to write the results), HA_KEEP=1 (keep the
+# advert_int, for measurements), HA_KEEPALIVED_DIR (a variant of conf/keepalived, for
+# measurements), HA_RESULTS (where to write the results), HA_KEEP=1 (keep the
 # run's logs and tell where).
 
 set -euo pipefail
@@ -28,7 +29,7 @@ RINGLB=${RINGLB:-$TARGET_DIR/release/ringlb}
 HA_CLIENT=${HA_CLIENT:-$TARGET_DIR/release/ha-client}
 QUICK=${QUICK:-0}
 RESULTS=${HA_RESULTS:-$HERE/RESULTS.md}
-SHIPPED_KEEPALIVED=$ROOT/conf/keepalived
+SHIPPED_KEEPALIVED=${HA_KEEPALIVED_DIR:-$ROOT/conf/keepalived}
 
 P=rlbha-$$-
 NS_SW=${P}sw
@@ -366,6 +367,8 @@ start_client() { # start_client NAME SECONDS
         --rate "$RATE" --duration "$seconds" --marks "$MARKS" --csv "$WORK/client-$name.csv" \
         >"$CLIENT_OUT" 2>"$WORK/client-$name.err" &
     CLIENT_PID=$!
+    CLIENT_STARTED_MS=$(now_ms)
+    PSI_START=$(cpu_stall_us)
     wait_for 40 "the client's held connections" grep -qs '^ready' "$CLIENT_OUT" || die "client did not start"
     local open
     open=$(sed -n 's/^ready held_open=//p' "$CLIENT_OUT")
@@ -377,6 +380,19 @@ finish_client() {
     wait "$CLIENT_PID" || rc=$?
     CLIENT_PID=""
     ((rc == 0)) || die "client failed: $(cat "$WORK"/client-*.err | tail -5)"
+    local stall=$(($(cpu_stall_us) - PSI_START)) wall=$(($(now_ms) - CLIENT_STARTED_MS))
+    if [[ $PSI_START == 0 ]] || ((wall <= 0)); then
+        CPU_PRESSURE="n/a"
+    else
+        CPU_PRESSURE="$((stall / 10 / wall)) %"
+    fi
+}
+# Microseconds that some runnable task of this host waited for a CPU (PSI), 0 if unknown. On a
+# machine shared with other work this tells whether the figures of a run are trustworthy.
+cpu_stall_us() {
+    local total
+    total=$(sed -n 's/^some .* total=\([0-9]*\)$/\1/p' /proc/pressure/cpu 2>/dev/null)
+    echo "${total:-0}"
 }
 # fig WINDOW KEY: a figure from the client's report (WINDOW = total or a mark's name).
 fig() {
@@ -409,7 +425,9 @@ le() { is_number "$1" && (($1 <= $2)); }
 eq() { [[ $1 == "$2" ]]; }
 
 declare -a FIGURES=()
-figure() { FIGURES+=("| $1 | $2 |"); } # figure SCENARIO "text"
+CPU_PRESSURE="n/a"
+# figure SCENARIO "text": one row of figures, with the host's CPU pressure during the scenario.
+figure() { FIGURES+=("| $1 | $2 | $CPU_PRESSURE |"); }
 
 window_summary() { # one line of the figures that matter after a mark
     local w=$1
@@ -438,12 +456,14 @@ write_results() {
         echo
         echo "Definitions: *outage* = from the start of the first new connection that failed to the first"
         echo "success of a new connection started no earlier; *gap* = the longest time during which no new"
-        echo "connection was served; *slow* = served, but after a retransmitted SYN (>= 0.5 s)."
+        echo "connection was served; *slow* = served, but after a retransmitted SYN (>= 0.5 s); *CPU"
+        echo "pressure* = share of the time some task of the host waited for a CPU (PSI \"some\") during"
+        echo "the scenario: 100 % means the host was saturated (figures are pessimistic)."
         echo
         echo "## Measured figures"
         echo
-        echo "| scenario | figures |"
-        echo "|---|---|"
+        echo "| scenario | figures | CPU pressure |"
+        echo "|---|---|---|"
         printf '%s\n' "${FIGURES[@]}"
         echo
         echo "## Checks"
