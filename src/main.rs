@@ -119,7 +119,7 @@ fn run(path: &Path) -> Result<(), String> {
     signals::install().map_err(|e| format!("cannot set up signals: {e}"))?;
     let config = config::load(path).map_err(|e| e.to_string())?;
     // The prober publishes the first table (initial server states) and is its only writer.
-    let prober = Prober::new(&config);
+    let prober = Prober::new(&config).map_err(|e| e.to_string())?;
     let table = prober.table();
     let listeners = DataPath::bind(&config).map_err(|e| e.to_string())?;
     if let Some(user) = &config.runtime.user {

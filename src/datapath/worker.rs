@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -95,6 +96,31 @@ struct Acceptor {
     fd: RawFd,
     state: AcceptState,
     closed: bool,
+    /// Where a single-shot accept writes the client's address (boxed: the kernel writes into it
+    /// after submission). Only listeners whose pool hashes on the client address use it, as a
+    /// multishot accept cannot return addresses and a direct descriptor has no getpeername.
+    peer: Box<(libc::sockaddr_storage, libc::socklen_t)>,
+}
+
+impl Acceptor {
+    fn peer_ip(&self) -> IpAddr {
+        let (storage, _) = &*self.peer;
+        // SAFETY: the kernel wrote a sockaddr of the listener's family; both casts stay within
+        // sockaddr_storage.
+        unsafe {
+            match i32::from(storage.ss_family) {
+                libc::AF_INET => {
+                    let sin = &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                    IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                    IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
+                }
+                _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            }
+        }
+    }
 }
 
 /// A warning printed at most once per `LOG_EVERY`, with a count of what was suppressed.
@@ -139,12 +165,14 @@ pub struct Worker {
     pub live: u32,
     pub pipes: PipePool,
     pub buffers: BufferPool,
-    /// Accepted clients waiting for a slot under the limits: (listener, client slot).
-    parked: VecDeque<(usize, u32)>,
+    /// Accepted clients waiting for a slot under the limits: (listener, client slot, client IP).
+    parked: VecDeque<(usize, u32, IpAddr)>,
     /// Flows parked until a pipe or buffer frees up: (slot, gen, direction).
     pub pipe_waiters: VecDeque<(u32, u32, usize)>,
-    /// Round-robin cursor per pool index.
-    pub rr: Vec<usize>,
+    /// Balancing state of this worker, per pool index.
+    pub balance: Vec<crate::balance::WorkerBalanceState>,
+    /// Clients waiting for a server slot: (slot, gen).
+    pub queue: VecDeque<(u32, u32)>,
     pub now: Instant,
     shutting_down: Option<Instant>,
     tick_ts: types::Timespec,
@@ -209,7 +237,13 @@ impl Worker {
             acceptors: spec
                 .listen_fds
                 .into_iter()
-                .map(|fd| Acceptor { fd, state: AcceptState::Idle, closed: false })
+                .map(|fd| Acceptor {
+                    fd,
+                    state: AcceptState::Idle,
+                    closed: false,
+                    // SAFETY: all-zero is a valid sockaddr_storage.
+                    peer: Box::new((unsafe { std::mem::zeroed() }, 0)),
+                })
                 .collect(),
             accept_backoff_until: None,
             conns: Vec::new(),
@@ -217,7 +251,8 @@ impl Worker {
             live: 0,
             parked: VecDeque::new(),
             pipe_waiters: VecDeque::new(),
-            rr: vec![spec.id; pools],
+            balance: (0..pools).map(|_| crate::balance::WorkerBalanceState::new(spec.id as u64)).collect(),
+            queue: VecDeque::new(),
             now,
             shutting_down: None,
             tick_ts: types::Timespec::from(TICK),
@@ -343,7 +378,7 @@ impl Worker {
             self.shutting_down = Some(self.now + self.shared.grace);
             debug!(worker = self.id, live = self.live, "stopping: no new connections");
             // Parked clients were never served: close them with the listeners.
-            while let Some((_, client)) = self.parked.pop_front() {
+            while let Some((_, client, _)) = self.parked.pop_front() {
                 let e = opcode::Close::new(types::Fixed(client)).build().user_data(ops::encode(Op::Close, 0, 0));
                 self.push(&[e]);
             }
@@ -366,6 +401,7 @@ impl Worker {
         if self.accept_backoff_until.is_some_and(|t| self.now >= t) {
             self.accept_backoff_until = None;
         }
+        self.process_queue();
         if self.shutting_down.is_none() {
             self.start_parked();
         }
@@ -388,14 +424,21 @@ impl Worker {
         global.min(slab)
     }
 
+    /// Whether listener `i`'s pool balances on the client address (then accepts capture it).
+    fn wants_peer(&self, i: usize) -> bool {
+        let table = self.table.load();
+        let pool = table.pool_index(&self.shared.listeners[i].pool);
+        pool.is_some_and(|p| matches!(table.pools[p].balancer.policy(), crate::balance::Policy::SourceHash { .. }))
+    }
+
     /// Starts parked clients while the limits allow, oldest first.
     pub fn start_parked(&mut self) {
-        while let Some(&(listener, client)) = self.parked.front() {
+        while let Some(&(listener, client, ip)) = self.parked.front() {
             if !self.shared.try_reserve(listener) {
                 return;
             }
             self.parked.pop_front();
-            self.open_connection(listener, client);
+            self.open_connection(listener, client, ip);
         }
     }
 
@@ -408,7 +451,7 @@ impl Worker {
             let room = room.min(lroom);
             let want = if self.shutting_down.is_some() || self.accept_backoff_until.is_some() || room == 0 {
                 AcceptState::Idle
-            } else if room > MULTISHOT_MARGIN {
+            } else if room > MULTISHOT_MARGIN && !self.wants_peer(i) {
                 AcceptState::Multi
             } else {
                 AcceptState::Single
@@ -437,11 +480,18 @@ impl Worker {
                     self.push(&[e]);
                 }
                 (AcceptState::Idle, AcceptState::Single) => {
-                    let e = opcode::Accept::new(types::Fd(a.fd), std::ptr::null_mut(), std::ptr::null_mut())
-                        .file_index(Some(types::DestinationSlot::auto_target()))
-                        .flags(libc::SOCK_NONBLOCK)
-                        .build()
-                        .user_data(ops::encode(Op::Accept, i as u32, 0));
+                    let a = &mut self.acceptors[i];
+                    a.peer.1 = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                    let (addr, len) = &mut *a.peer;
+                    let e = opcode::Accept::new(
+                        types::Fd(a.fd),
+                        (addr as *mut libc::sockaddr_storage).cast(),
+                        len as *mut libc::socklen_t,
+                    )
+                    .file_index(Some(types::DestinationSlot::auto_target()))
+                    .flags(libc::SOCK_NONBLOCK)
+                    .build()
+                    .user_data(ops::encode(Op::Accept, i as u32, 0));
                     self.acceptors[i].state = AcceptState::Single;
                     self.push(&[e]);
                 }
@@ -469,10 +519,12 @@ impl Worker {
         } else if res >= 0 {
             // Another worker may have taken the last slot since this accept was armed: then the
             // client waits here, unconnected, exactly as it would in the kernel's accept queue.
+            // A multishot accept leaves the address unset (only source-hash needs it).
+            let ip = if more { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { self.acceptors[listener].peer_ip() };
             if self.parked.is_empty() && self.shared.try_reserve(listener) {
-                self.open_connection(listener, res as u32);
+                self.open_connection(listener, res as u32, ip);
             } else {
-                self.parked.push_back((listener, res as u32));
+                self.parked.push_back((listener, res as u32, ip));
             }
         } else {
             match -res {

@@ -32,7 +32,7 @@ use super::checks::{self, CheckFailure, Probe};
 use super::state::{Health, ServerHealth, Thresholds};
 use crate::config::{Config, HealthCheck, InitialState, OnAllDown};
 use crate::table::{
-    BackendTable, ConnectOutcome, ConnectReport, PassiveReports, PoolHandles, ServerState, SharedTable,
+    BackendTable, ConnectOutcome, ConnectReport, PassiveReports, PoolHandles, ServerState, SharedTable, TableError,
 };
 
 /// How often the passive-report channel is drained: the longest a failure seen by traffic waits
@@ -55,6 +55,8 @@ pub enum HealthError {
     Runtime(io::Error),
     #[error("health prober: cannot start its thread: {0}")]
     Spawn(io::Error),
+    #[error("{0}")]
+    Table(#[from] TableError),
 }
 
 /// The prober, configured but not running: its initial table is already published, so the data
@@ -91,9 +93,9 @@ struct CheckDone {
 }
 
 impl Prober {
-    pub fn new(config: &Config) -> Prober {
+    pub fn new(config: &Config) -> Result<Prober, HealthError> {
         let (sender, reports) = crossbeam::channel::bounded(PASSIVE_CAPACITY);
-        let registry = Registry::new(config, PassiveReports::new(sender));
+        let registry = Registry::new(config, PassiveReports::new(sender))?;
         let mut checks = Vec::new();
         for (p, pool) in config.pools.iter().enumerate() {
             for (s, server) in pool.servers.iter().enumerate().filter(|(_, server)| server.check) {
@@ -102,7 +104,7 @@ impl Prober {
                 checks.push(CheckSpec { pool: p, server: s, probe, addr: server.check_addr(), interval, timeout });
             }
         }
-        Prober { registry, reports, checks }
+        Ok(Prober { registry, reports, checks })
     }
 
     /// The table the prober writes and the workers read.
@@ -260,6 +262,8 @@ struct ServerRecord {
     /// Set aside by an operator (the admin API will set it).
     draining: bool,
     last_check: Option<Duration>,
+    /// When the server last came back up (slow start ramps its weight from then).
+    up_since: Option<std::time::Instant>,
 }
 
 impl ServerRecord {
@@ -282,7 +286,7 @@ struct Transition {
 
 impl Registry {
     /// The health of every server before any check, published as the first table.
-    fn new(config: &Config, passive: PassiveReports) -> Registry {
+    fn new(config: &Config, passive: PassiveReports) -> Result<Registry, HealthError> {
         let mut handles = Vec::new();
         let mut pools = Vec::new();
         for pool in &config.pools {
@@ -298,7 +302,7 @@ impl Registry {
                 .map(|server| {
                     let checked = active && server.check;
                     let health = ServerHealth::new(if checked { initial } else { Health::Up });
-                    ServerRecord { health, checked, draining: false, last_check: None }
+                    ServerRecord { health, checked, draining: false, last_check: None, up_since: None }
                 })
                 .collect();
             let passive = (h.passive_fall > 0).then(|| passive.clone());
@@ -314,18 +318,22 @@ impl Registry {
             version: FIRST_VERSION,
             pending: Vec::new(),
         };
-        let first = registry.build();
+        let first = registry.build(None)?;
         for (p, pool) in first.pools.iter().enumerate() {
             if pool.all_down {
                 registry.pools[p].all_down_since = Some(registry.all_down_count(p));
             }
         }
         registry.table.store(Arc::new(first));
-        registry
+        Ok(registry)
     }
 
-    fn build(&self) -> BackendTable {
-        BackendTable::build(&self.config, self.version, &self.handles, |p, s| self.pools[p].servers[s].state())
+    fn build(&self, previous: Option<&BackendTable>) -> Result<BackendTable, TableError> {
+        // The records are indexed like the config's pools and servers.
+        BackendTable::build(&self.config, self.version, &self.handles, previous, |p, s| {
+            let record = &self.pools[p].servers[s];
+            (record.state(), record.up_since)
+        })
     }
 
     fn on_check(&mut self, done: CheckDone) {
@@ -336,6 +344,9 @@ impl Registry {
         record.last_check = Some(took);
         let from = record.health.health();
         let Some(to) = record.health.on_check(result.is_ok(), &thresholds) else { return };
+        if to == Health::Up {
+            record.up_since = Some(std::time::Instant::now());
+        }
         let reason = match result {
             Ok(()) => format!("{} consecutive checks passed", thresholds.rise),
             Err(failure) => failure.to_string(),
@@ -368,7 +379,15 @@ impl Registry {
             return;
         }
         self.version += 1;
-        let table = self.build();
+        let current = self.table.load_full();
+        let table = match self.build(Some(&current)) {
+            Ok(table) => table,
+            Err(e) => {
+                // Unreachable with a validated config; keep serving from the current table.
+                error!("cannot publish a new backend table: {e}");
+                return;
+            }
+        };
         let all_down: Vec<bool> = table.pools.iter().map(|p| p.all_down).collect();
         self.table.store(Arc::new(table));
         for t in std::mem::take(&mut self.pending) {
@@ -480,7 +499,7 @@ mod tests {
     }
 
     fn registry(health: &str) -> (Registry, SharedTable) {
-        let Prober { registry, .. } = Prober::new(&config(health));
+        let Prober { registry, .. } = Prober::new(&config(health)).expect("valid pools");
         let table = registry.table.clone();
         (registry, table)
     }
@@ -502,7 +521,7 @@ mod tests {
 
     #[test]
     fn the_first_table_follows_initial_state_and_check_settings() {
-        let prober = Prober::new(&config("initial_state = \"down\""));
+        let prober = Prober::new(&config("initial_state = \"down\"")).expect("valid pools");
         let table = prober.table();
         assert_eq!(table.load().version, FIRST_VERSION);
         assert_eq!(states(&table, PLAIN), [Up]);
@@ -596,7 +615,7 @@ mod tests {
         let text = "[listeners.web]\nbind = \"127.0.0.1:0\"\npool = \"web\"\n[pools.web.health]\nfall = 1\n\
                     [[pools.web.servers]]\naddr = \"127.0.0.1:9001\"\n";
         let config = crate::config::parse(text, Path::new("x.toml")).expect("valid");
-        let Prober { mut registry, .. } = Prober::new(&config);
+        let Prober { mut registry, .. } = Prober::new(&config).expect("valid pools");
         let table = registry.table.clone();
         let check = |registry: &mut Registry, passed| {
             let result = if passed { Ok(()) } else { Err(CheckFailure::Refused) };
