@@ -1,0 +1,183 @@
+//! Reads what a target process costs from /proc: CPU time, threads, io_uring kernel workers,
+//! resident memory, and the kernel's slab total.
+//!
+//! A target is a process tree: the pid given on the command line plus all its descendants, so
+//! that nginx (a master and its workers) is measured like a single-process proxy.
+//! CPU time is `utime + stime` of /proc/PID/stat, which for a thread-group leader covers every
+//! thread of the process, the threads that have already exited, and io_uring's `iou-wrk-*` and
+//! `iou-sqp-*` kernel workers (they are threads of the process and are listed in
+//! /proc/PID/task). Read-only; it never signals or otherwise touches the processes it reads.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+
+/// One reading of a process tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sample {
+    /// User plus system CPU seconds of every process of the tree since it started.
+    pub cpu_s: f64,
+    /// Threads of every process of the tree, io_uring workers included.
+    pub threads: u64,
+    /// Threads named `iou-wrk-*` or `iou-sqp-*`.
+    pub io_workers: u64,
+    /// Sum of VmRSS over the tree, KiB.
+    pub rss_kib: u64,
+    pub processes: u64,
+}
+
+/// Fields of /proc/PID/stat we use.
+struct Stat {
+    ppid: u32,
+    ticks: u64,
+    threads: u64,
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// Parses a /proc/PID/stat line. The command name sits in parentheses and may itself contain
+/// spaces and parentheses, so fields are counted from the last `)`.
+fn parse_stat(line: &str) -> Option<Stat> {
+    let rest = &line[line.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state) of proc(5).
+    let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    Some(Stat {
+        ppid: field(4)? as u32,
+        ticks: field(14)? + field(15)?,
+        threads: field(20)?,
+    })
+}
+
+fn read_stat(pid: u32) -> io::Result<Stat> {
+    let line = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat(&line).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unreadable /proc/{pid}/stat"),
+        )
+    })
+}
+
+/// `pid` and all its live descendants.
+pub fn tree(pid: u32) -> io::Result<Vec<u32>> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for entry in fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Processes exit while we scan; a vanished one is simply not part of the tree.
+        if let Ok(stat) = read_stat(p) {
+            children.entry(stat.ppid).or_default().push(p);
+        }
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        if let Some(kids) = children.get(&out[i]) {
+            out.extend(kids);
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+fn rss_kib(pid: u32) -> io::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(kib_field(&status, "VmRSS:").unwrap_or(0))
+}
+
+fn io_workers(pid: u32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| fs::read_to_string(t.path().join("comm")).ok())
+        .filter(|comm| comm.starts_with("iou-wrk") || comm.starts_with("iou-sqp"))
+        .count() as u64
+}
+
+/// Reads the whole tree rooted at `pid`. Fails only when `pid` itself is gone.
+pub fn sample(pid: u32) -> io::Result<Sample> {
+    read_stat(pid)?;
+    let hz = clock_ticks_per_second();
+    let mut s = Sample::default();
+    for p in tree(pid)? {
+        let Ok(stat) = read_stat(p) else { continue };
+        s.cpu_s += stat.ticks as f64 / hz;
+        s.threads += stat.threads;
+        s.io_workers += io_workers(p);
+        s.rss_kib += rss_kib(p).unwrap_or(0);
+        s.processes += 1;
+    }
+    Ok(s)
+}
+
+/// `Slab:` of /proc/meminfo in KiB: kernel objects, socket buffers' owners included.
+pub fn slab_kib() -> io::Result<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo")?;
+    kib_field(&meminfo, "Slab:")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Slab in /proc/meminfo"))
+}
+
+fn kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_from_the_last_parenthesis() {
+        let line = "4242 (we(ird) name) S 17 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 123 4096 10 18446744073709551615";
+        let s = parse_stat(line).unwrap_or_else(|| panic!("parse failed"));
+        assert_eq!((s.ppid, s.ticks, s.threads), (17, 300, 3));
+    }
+
+    #[test]
+    fn own_process_is_sampled_with_its_threads() {
+        let before = sample(std::process::id()).unwrap_or_else(|e| panic!("{e}"));
+        let t = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
+        let during = sample(std::process::id()).unwrap_or_else(|e| panic!("{e}"));
+        let _ = t.join();
+        assert!(during.threads > before.threads.saturating_sub(1));
+        assert!(during.threads >= 2);
+        assert!(during.rss_kib > 0);
+        assert_eq!(during.io_workers, 0);
+    }
+
+    #[test]
+    fn children_belong_to_the_tree() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let members = tree(std::process::id()).unwrap_or_else(|e| panic!("{e}"));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(members.contains(&child.id()));
+    }
+
+    #[test]
+    fn slab_is_readable() {
+        assert!(slab_kib().unwrap_or(0) > 0);
+    }
+}
