@@ -200,6 +200,9 @@ struct Common {
     /// No progress lines on stderr.
     #[arg(short, long)]
     quiet: bool,
+    /// Also print a one-line summary on stderr.
+    #[arg(long)]
+    brief: bool,
     #[arg(long, hide = true)]
     worker: Option<usize>,
     #[arg(long, hide = true)]
@@ -435,6 +438,9 @@ fn bulk_workload(common: &Common, streams: usize, direction: Direction) -> Resul
 
 fn emit(mut r: RunResult, common: &Common) -> Result<(), BenchError> {
     r.tags = common.tags.iter().cloned().collect();
+    if common.brief {
+        eprintln!("{}", report::brief(&r));
+    }
     if common.json {
         let line = serde_json::to_string(&r).map_err(|e| BenchError::Worker(e.to_string()))?;
         println!("{line}");

@@ -28,6 +28,9 @@ pub struct ReportArgs {
     svg: Option<PathBuf>,
     #[arg(long, default_value = "ringlb load benchmarks")]
     title: String,
+    /// Column order of the targets (space-separated); others follow in order of appearance.
+    #[arg(long, default_value = "direct")]
+    order: String,
 }
 
 /// A target or one of its runs that did not produce a result.
@@ -218,6 +221,25 @@ impl Results {
         Ok(me)
     }
 
+    /// Puts the targets named in `order` first, in that order.
+    fn order(&mut self, order: &str) {
+        let rank = |t: &String| {
+            order
+                .split_whitespace()
+                .position(|o| o == t)
+                .unwrap_or(usize::MAX)
+        };
+        self.targets.sort_by_key(rank);
+    }
+
+    /// The unit of the CPU figure of `workload`, from the first run that measured a target.
+    fn cpu_unit(&self, workload: &str) -> Option<String> {
+        self.runs
+            .iter()
+            .filter(|r| r.tags.get("workload").map(String::as_str) == Some(workload))
+            .find_map(|r| r.targets.first().map(|t| t.unit.clone()))
+    }
+
     fn note_target(&mut self, t: &str) {
         if !self.targets.iter().any(|x| x == t) {
             self.targets.push(t.to_string());
@@ -344,7 +366,8 @@ fn describe(r: &RunResult) -> String {
 }
 
 pub fn run(args: &ReportArgs) -> Result<(), BenchError> {
-    let res = Results::load(&args.input)?;
+    let mut res = Results::load(&args.input)?;
+    res.order(&args.order);
     let mut md = String::new();
     let _ = writeln!(md, "# {}\n", args.title);
     for (k, v) in &res.meta {
@@ -412,8 +435,8 @@ fn summary(res: &Results, md: &mut String) {
             if m != primary && res.targets.iter().all(|t| res.values(w, t, m).is_empty()) {
                 continue;
             }
-            let unit = match (m, first.targets.first()) {
-                (Metric::Cpu, Some(t)) => format!("CPU {}", t.unit),
+            let unit = match (m, res.cpu_unit(w)) {
+                (Metric::Cpu, Some(u)) => format!("CPU {u}"),
                 _ => m.header().to_string(),
             };
             let _ = write!(md, "| {} | {unit} |", describe(first));
@@ -469,9 +492,13 @@ fn ratios(res: &Results, md: &mut String) {
             {
                 continue;
             }
+            let cells: Vec<String> = pairs.iter().map(|(a, b)| res.ratio(w, a, b, m)).collect();
+            if cells.iter().all(|c| c == "–") {
+                continue;
+            }
             let _ = write!(md, "| {} | {} |", describe(first), m.header());
-            for (a, b) in &pairs {
-                let _ = write!(md, " {} |", res.ratio(w, a, b, m));
+            for c in cells {
+                let _ = write!(md, " {c} |");
             }
             md.push('\n');
         }
@@ -493,7 +520,12 @@ fn details(res: &Results, w: &str, md: &mut String) {
         .map(|t| res.runs_of(w, t).count())
         .max()
         .unwrap_or(0);
-    let _ = writeln!(md, "### {w}: {} ({rounds} rounds)\n", describe(first));
+    let plural = if rounds == 1 { "" } else { "s" };
+    let _ = writeln!(
+        md,
+        "### {w}: {} ({rounds} round{plural})\n",
+        describe(first)
+    );
     let _ = write!(md, "| target |");
     for m in &cols {
         let _ = write!(md, " {} |", m.header());
@@ -505,8 +537,12 @@ fn details(res: &Results, w: &str, md: &mut String) {
     md.push('\n');
     for t in &res.targets {
         let _ = write!(md, "| {t} |");
-        for &m in &cols {
-            let _ = write!(md, " {} |", res.cell(w, t, m));
+        if res.runs_of(w, t).next().is_none() && res.failure(w, t).is_some() {
+            let _ = write!(md, " failed |{}", " |".repeat(cols.len().saturating_sub(1)));
+        } else {
+            for &m in &cols {
+                let _ = write!(md, " {} |", res.cell(w, t, m));
+            }
         }
         md.push('\n');
     }
@@ -626,6 +662,42 @@ pub fn human(r: &RunResult) -> String {
     s
 }
 
+/// One line: the figures that matter for the run's workload.
+pub fn brief(r: &RunResult) -> String {
+    let mut s = match (&r.bulk, &r.hold) {
+        (Some(b), _) => format!("{:.2} Gbit/s", b.gbit_s),
+        (None, Some(h)) => format!("served {}/{} ramp {:.2}s", h.served, h.conns, h.ramp_s),
+        (None, None) => format!("{}/s", si(r.rate)),
+    };
+    if let Some(l) = &r.latency {
+        let _ = write!(
+            s,
+            "  p50 {:.0}µs p99 {:.0}µs p99.9 {:.0}µs",
+            l.p50_us, l.p99_us, l.p999_us
+        );
+    }
+    let _ = write!(s, "  errors {}", r.errors + r.unfinished);
+    if let Some(h) = &r.hold {
+        let _ = write!(
+            s,
+            "  slab {} B/conn  rss {} B/conn",
+            opt(h.slab_per_conn_b.map(f64::round)),
+            opt(h.rss_per_conn_b.map(f64::round))
+        );
+    }
+    for t in &r.targets {
+        let _ = write!(
+            s,
+            "  cpu {:.2}s ({} {})  threads {}",
+            t.cpu_s,
+            opt(t.cpu_s_per_unit.map(|v| (v * 100.0).round() / 100.0)),
+            t.unit,
+            t.threads_peak
+        );
+    }
+    s
+}
+
 fn opt(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| {
         if v.fract() == 0.0 {
@@ -682,6 +754,7 @@ mod tests {
             md: dir.join("r.md"),
             svg: None,
             title: "t".into(),
+            order: "direct haproxy".into(),
         };
         let result = super::run(&args);
         let md = std::fs::read_to_string(&args.md).unwrap_or_default();
@@ -691,6 +764,10 @@ mod tests {
         assert!(md.contains("| 0.50 |"), "{md}");
         assert!(md.contains("failed"), "{md}");
         assert!(md.contains("- host: test"), "{md}");
+        assert!(
+            md.contains("| workload | figure | direct | haproxy | ringlb |"),
+            "{md}"
+        );
     }
 
     #[test]
