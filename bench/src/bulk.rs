@@ -13,7 +13,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::engine::sys;
-use crate::run::TargetWatch;
+use crate::procstat::TargetWatch;
 use crate::stats::{BulkStats, RunResult};
 use crate::BenchError;
 

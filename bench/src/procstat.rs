@@ -12,6 +12,9 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 
+use crate::stats::TargetStats;
+use crate::BenchError;
+
 /// One reading of a process tree.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Sample {
@@ -139,6 +142,64 @@ fn kib_field(text: &str, key: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Samples of the targets' process trees taken over a run.
+pub struct TargetWatch {
+    pids: Vec<u32>,
+    start: Vec<Sample>,
+    peak_threads: Vec<u64>,
+    peak_io_workers: Vec<u64>,
+}
+
+impl TargetWatch {
+    pub fn start(pids: &[u32]) -> Result<Self, BenchError> {
+        let start = pids
+            .iter()
+            .map(|&p| sample(p).map_err(|e| BenchError::Target(p, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            pids: pids.to_vec(),
+            peak_threads: start.iter().map(|s| s.threads).collect(),
+            peak_io_workers: start.iter().map(|s| s.io_workers).collect(),
+            start,
+        })
+    }
+
+    /// Records thread peaks; a target that has gone is an error.
+    pub fn tick(&mut self) -> Result<Vec<Sample>, BenchError> {
+        let mut out = Vec::new();
+        for (i, &p) in self.pids.iter().enumerate() {
+            let s = sample(p).map_err(|e| BenchError::Target(p, e))?;
+            self.peak_threads[i] = self.peak_threads[i].max(s.threads);
+            self.peak_io_workers[i] = self.peak_io_workers[i].max(s.io_workers);
+            out.push(s);
+        }
+        Ok(out)
+    }
+
+    /// The cost of each target since `start`, per `units` completed units.
+    pub fn finish(mut self, units: f64, unit: &str) -> Result<Vec<TargetStats>, BenchError> {
+        let end = self.tick()?;
+        Ok(self
+            .pids
+            .iter()
+            .enumerate()
+            .map(|(i, &pid)| {
+                let cpu_s = end[i].cpu_s - self.start[i].cpu_s;
+                TargetStats {
+                    pid,
+                    cpu_s,
+                    cpu_s_per_unit: (units > 0.0).then(|| cpu_s / units),
+                    unit: unit.to_string(),
+                    threads_peak: self.peak_threads[i],
+                    io_workers_peak: self.peak_io_workers[i],
+                    processes: end[i].processes,
+                    rss_kib: end[i].rss_kib,
+                }
+            })
+            .collect())
+    }
 }
 
 #[cfg(test)]

@@ -7,20 +7,18 @@
 //! window, so that all of them start it at the same monotonic instant. Every phase is bounded in
 //! time; a worker that misbehaves is killed and the run fails.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, TryRecvError};
+mod fleet;
+
+use std::io::{BufRead, Write};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use fleet::{ChildMsg, Fleet, Kids, Local};
 
-use crate::engine::{self, sys, ConnMode, Control, Schedule, ThreadPlan};
+use crate::engine::{sys, ConnMode, Schedule, ThreadPlan};
 use crate::plan::Split;
-use crate::procstat;
-use crate::stats::{HoldStats, Latency, RunResult, Tally, TargetStats, WorkerTally};
+use crate::procstat::{self, TargetWatch};
+use crate::stats::{HoldStats, Latency, RunResult, Tally, WorkerTally};
 use crate::BenchError;
 
 /// Slack given to worker processes beyond the sum of their own time bounds.
@@ -93,269 +91,6 @@ impl Workload {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct Counters {
-    pub ok: u64,
-    pub errors: u64,
-    pub connected: u64,
-    pub served: u64,
-}
-
-impl Counters {
-    fn add(&mut self, o: &Counters) {
-        self.ok += o.ok;
-        self.errors += o.errors;
-        self.connected += o.connected;
-        self.served += o.served;
-    }
-}
-
-/// A worker process's messages to its parent, one JSON object per line.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChildMsg {
-    Progress(Counters),
-    Ramped(Counters),
-    Done(Box<WorkerTally>),
-    Failed(String),
-}
-
-/// Engine threads of this process.
-struct Local {
-    ctl: Arc<Control>,
-    handles: Vec<JoinHandle<Result<Tally, BenchError>>>,
-}
-
-impl Local {
-    fn start(w: &Workload, proc: usize) -> Result<Self, BenchError> {
-        let plans = w.thread_plans(proc);
-        let ctl = Arc::new(Control::new(plans.len()));
-        let mut handles = Vec::new();
-        for (me, plan) in plans.into_iter().enumerate() {
-            let ctl = Arc::clone(&ctl);
-            let h = std::thread::Builder::new()
-                .name(format!("engine-{me}"))
-                .spawn(move || engine::run(&plan, &ctl, me))
-                .map_err(|e| BenchError::Sys("spawn thread", e))?;
-            handles.push(h);
-        }
-        Ok(Self { ctl, handles })
-    }
-
-    fn counters(&self) -> Counters {
-        let mut c = Counters::default();
-        for p in &self.ctl.progress {
-            c.add(&Counters {
-                ok: p.ok.load(Ordering::Relaxed),
-                errors: p.errors.load(Ordering::Relaxed),
-                connected: p.connected.load(Ordering::Relaxed),
-                served: p.served.load(Ordering::Relaxed),
-            });
-        }
-        c
-    }
-
-    fn ramped(&self) -> bool {
-        self.ctl.ramped.load(Ordering::Acquire) == self.handles.len()
-    }
-
-    fn go(&self, at: u64) {
-        self.ctl.steady_at.store(at, Ordering::Release);
-    }
-
-    fn finished(&self) -> bool {
-        self.handles.iter().all(JoinHandle::is_finished)
-    }
-
-    fn join(self) -> Result<Tally, BenchError> {
-        let mut total = Tally::default();
-        for h in self.handles {
-            let t = h
-                .join()
-                .map_err(|_| BenchError::Worker("an engine thread panicked".into()))??;
-            total.merge(&t)?;
-        }
-        Ok(total)
-    }
-
-    fn abort(&self) {
-        self.ctl.abort.store(true, Ordering::Relaxed);
-    }
-}
-
-struct Kid {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    progress: Counters,
-    ramped: bool,
-    done: Option<Tally>,
-}
-
-/// Worker processes.
-struct Kids {
-    kids: Vec<Kid>,
-    rx: Receiver<(usize, ChildMsg)>,
-}
-
-impl Kids {
-    fn start(procs: usize) -> Result<Self, BenchError> {
-        let exe = std::env::current_exe().map_err(|e| BenchError::Sys("current_exe", e))?;
-        let args: Vec<_> = std::env::args_os().skip(1).collect();
-        let (tx, rx) = mpsc::channel();
-        let mut kids = Vec::new();
-        for i in 0..procs {
-            let mut child = Command::new(&exe)
-                .args(&args)
-                .arg("--worker")
-                .arg(i.to_string())
-                .arg("--parent")
-                .arg(std::process::id().to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .map_err(|e| BenchError::Sys("spawn worker process", e))?;
-            let stdout = child.stdout.take();
-            let stdin = child.stdin.take();
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let Some(stdout) = stdout else { return };
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    let msg = serde_json::from_str::<ChildMsg>(&line).unwrap_or_else(|e| {
-                        ChildMsg::Failed(format!("bad message from worker {i}: {e}"))
-                    });
-                    if tx.send((i, msg)).is_err() {
-                        return;
-                    }
-                }
-                let _ = tx.send((i, ChildMsg::Failed(format!("worker {i} exited early"))));
-            });
-            kids.push(Kid {
-                child,
-                stdin,
-                progress: Counters::default(),
-                ramped: false,
-                done: None,
-            });
-        }
-        Ok(Self { kids, rx })
-    }
-
-    /// Takes in every message that has arrived.
-    fn pump(&mut self) -> Result<(), BenchError> {
-        loop {
-            match self.rx.try_recv() {
-                Ok((i, msg)) => {
-                    let k = &mut self.kids[i];
-                    match msg {
-                        ChildMsg::Progress(c) => k.progress = c,
-                        ChildMsg::Ramped(c) => {
-                            k.progress = c;
-                            k.ramped = true;
-                        }
-                        ChildMsg::Done(t) => k.done = Some(t.into_tally()?),
-                        ChildMsg::Failed(why) => {
-                            if k.done.is_none() {
-                                return Err(BenchError::Worker(why));
-                            }
-                        }
-                    }
-                }
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return Ok(()),
-            }
-        }
-    }
-
-    fn counters(&self) -> Counters {
-        let mut c = Counters::default();
-        for k in &self.kids {
-            c.add(&k.progress);
-        }
-        c
-    }
-
-    fn go(&mut self, at: u64) -> Result<(), BenchError> {
-        for k in &mut self.kids {
-            if let Some(stdin) = k.stdin.as_mut() {
-                writeln!(stdin, "go {at}").map_err(|e| BenchError::Sys("write to worker", e))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn join(mut self) -> Result<Tally, BenchError> {
-        let mut total = Tally::default();
-        for k in &mut self.kids {
-            let _ = k.child.wait();
-            if let Some(t) = k.done.take() {
-                total.merge(&t)?;
-            }
-        }
-        Ok(total)
-    }
-
-    fn abort(&mut self) {
-        for k in &mut self.kids {
-            let _ = k.child.kill();
-            let _ = k.child.wait();
-        }
-    }
-}
-
-enum Fleet {
-    Local(Local),
-    Kids(Kids),
-}
-
-impl Fleet {
-    fn pump(&mut self) -> Result<(), BenchError> {
-        match self {
-            Fleet::Local(_) => Ok(()),
-            Fleet::Kids(k) => k.pump(),
-        }
-    }
-    fn counters(&self) -> Counters {
-        match self {
-            Fleet::Local(l) => l.counters(),
-            Fleet::Kids(k) => k.counters(),
-        }
-    }
-    fn ramped(&self) -> bool {
-        match self {
-            Fleet::Local(l) => l.ramped(),
-            Fleet::Kids(k) => k.kids.iter().all(|k| k.ramped),
-        }
-    }
-    fn go(&mut self, at: u64) -> Result<(), BenchError> {
-        match self {
-            Fleet::Local(l) => {
-                l.go(at);
-                Ok(())
-            }
-            Fleet::Kids(k) => k.go(at),
-        }
-    }
-    fn finished(&self) -> bool {
-        match self {
-            Fleet::Local(l) => l.finished(),
-            Fleet::Kids(k) => k.kids.iter().all(|k| k.done.is_some()),
-        }
-    }
-    fn join(self) -> Result<Tally, BenchError> {
-        match self {
-            Fleet::Local(l) => l.join(),
-            Fleet::Kids(k) => k.join(),
-        }
-    }
-    fn abort(&mut self) {
-        match self {
-            Fleet::Local(l) => l.abort(),
-            Fleet::Kids(k) => k.abort(),
-        }
-    }
-}
-
 /// What the parent watches besides the workload itself.
 #[derive(Debug, Clone, Default)]
 pub struct Watch {
@@ -364,64 +99,6 @@ pub struct Watch {
     pub memory: bool,
     pub progress: bool,
     pub label: String,
-}
-
-/// Samples of the targets' process trees taken over a run.
-pub struct TargetWatch {
-    pids: Vec<u32>,
-    start: Vec<procstat::Sample>,
-    peak_threads: Vec<u64>,
-    peak_io_workers: Vec<u64>,
-}
-
-impl TargetWatch {
-    pub fn start(pids: &[u32]) -> Result<Self, BenchError> {
-        let start = pids
-            .iter()
-            .map(|&p| procstat::sample(p).map_err(|e| BenchError::Target(p, e)))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            pids: pids.to_vec(),
-            peak_threads: start.iter().map(|s| s.threads).collect(),
-            peak_io_workers: start.iter().map(|s| s.io_workers).collect(),
-            start,
-        })
-    }
-
-    /// Records thread peaks; a target that has gone is an error.
-    pub fn tick(&mut self) -> Result<Vec<procstat::Sample>, BenchError> {
-        let mut out = Vec::new();
-        for (i, &p) in self.pids.iter().enumerate() {
-            let s = procstat::sample(p).map_err(|e| BenchError::Target(p, e))?;
-            self.peak_threads[i] = self.peak_threads[i].max(s.threads);
-            self.peak_io_workers[i] = self.peak_io_workers[i].max(s.io_workers);
-            out.push(s);
-        }
-        Ok(out)
-    }
-
-    /// The cost of each target since `start`, per `units` completed units.
-    pub fn finish(mut self, units: f64, unit: &str) -> Result<Vec<TargetStats>, BenchError> {
-        let end = self.tick()?;
-        Ok(self
-            .pids
-            .iter()
-            .enumerate()
-            .map(|(i, &pid)| {
-                let cpu_s = end[i].cpu_s - self.start[i].cpu_s;
-                TargetStats {
-                    pid,
-                    cpu_s,
-                    cpu_s_per_unit: (units > 0.0).then(|| cpu_s / units),
-                    unit: unit.to_string(),
-                    threads_peak: self.peak_threads[i],
-                    io_workers_peak: self.peak_io_workers[i],
-                    processes: end[i].processes,
-                    rss_kib: end[i].rss_kib,
-                }
-            })
-            .collect())
-    }
 }
 
 /// Runs the workload from the parent's side and returns the merged result.
@@ -442,9 +119,9 @@ pub fn drive(w: &Workload, watch: &Watch) -> Result<RunResult, BenchError> {
     if result.is_err() {
         fleet.abort();
     }
-    result.and_then(|(mut r, targets_tally)| {
+    result.and_then(|(mut r, targets)| {
         let tally = fleet.join()?;
-        finish_result(&mut r, w, tally, targets_tally)?;
+        finish_result(&mut r, w, tally, targets)?;
         Ok(r)
     })
 }
@@ -460,7 +137,8 @@ fn first_rss(pids: &[u32]) -> Result<Option<u64>, BenchError> {
     }
 }
 
-type Partial = (RunResult, (TargetWatch, u64));
+/// The result so far, and the targets' cost still to be read at the very end.
+type Partial = (RunResult, TargetWatch);
 
 fn watch_fleet(
     fleet: &mut Fleet,
@@ -565,14 +243,14 @@ fn watch_fleet(
         hold,
         ..RunResult::default()
     };
-    Ok((r, (targets, elapsed_ns)))
+    Ok((r, targets))
 }
 
 fn finish_result(
     r: &mut RunResult,
     w: &Workload,
     tally: Tally,
-    (targets, _): (TargetWatch, u64),
+    targets: TargetWatch,
 ) -> Result<(), BenchError> {
     let unit = match w.mode {
         ConnMode::PerRequest => "s per million connections",
