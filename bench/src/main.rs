@@ -122,6 +122,7 @@ enum Command {
     },
     /// A backend answering every HTTP/1.1 request with 200 and its name.
     HttpBackend {
+        /// Address to listen on; port 0 picks a free port (the start-up line on stderr tells it).
         #[arg(long)]
         bind: SocketAddr,
         #[arg(long)]
@@ -129,9 +130,13 @@ enum Command {
         /// Share the port with other processes (SO_REUSEPORT).
         #[arg(long)]
         reuseport: bool,
+        /// Wait this long before each response (a slow backend).
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        delay: Duration,
     },
     /// A backend for `bulk`: discards what clients send or sends to them.
     Sink {
+        /// Address to listen on; port 0 picks a free port (the start-up line on stderr tells it).
         #[arg(long)]
         bind: SocketAddr,
         #[arg(long)]
@@ -323,7 +328,8 @@ fn dispatch(command: Command) -> Result<(), BenchError> {
             bind,
             name,
             reuseport,
-        } => serve::http_backend(bind, &name, reuseport),
+            delay,
+        } => serve::http_backend(bind, &name, reuseport, delay),
         Command::Sink { bind, reuseport } => serve::sink(bind, reuseport),
         Command::FreePorts { n } => free_ports(n),
         Command::WaitPort { addr, timeout } => wait_port(addr, timeout),

@@ -214,15 +214,24 @@ mod tests {
     }
 
     #[test]
-    fn own_process_is_sampled_with_its_threads() {
+    fn own_process_is_sampled_with_its_threads_and_cpu() {
+        // Burn some CPU in a thread that exits before the second sample: its time must remain.
         let before = sample(std::process::id()).unwrap_or_else(|e| panic!("{e}"));
-        let t = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
-        let during = sample(std::process::id()).unwrap_or_else(|e| panic!("{e}"));
-        let _ = t.join();
-        assert!(during.threads > before.threads.saturating_sub(1));
-        assert!(during.threads >= 2);
-        assert!(during.rss_kib > 0);
-        assert_eq!(during.io_workers, 0);
+        let burner = std::thread::spawn(|| {
+            let start = std::time::Instant::now();
+            let mut x = 0u64;
+            while start.elapsed() < std::time::Duration::from_millis(100) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        });
+        let _ = burner.join();
+        let after = sample(std::process::id()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            after.cpu_s - before.cpu_s >= 0.05,
+            "{before:?} -> {after:?}"
+        );
+        assert!(after.rss_kib > 0);
+        assert_eq!(after.io_workers, 0);
     }
 
     #[test]

@@ -69,9 +69,21 @@ where
     }
 }
 
-/// `http-backend`: answers every request with 200 and `name\n`.
-pub fn http_backend(bind: SocketAddr, name: &str, reuseport: bool) -> Result<(), BenchError> {
+/// The address a listener really bound (port 0 resolved), for the start-up line.
+fn bound(l: &std::net::TcpListener, asked: SocketAddr) -> SocketAddr {
+    l.local_addr().unwrap_or(asked)
+}
+
+/// `http-backend`: answers every request with 200 and `name\n`, after `delay` if not zero (a
+/// slow backend, to check that open-loop latency counts the time requests wait).
+pub fn http_backend(
+    bind: SocketAddr,
+    name: &str,
+    reuseport: bool,
+    delay: Duration,
+) -> Result<(), BenchError> {
     let std_listener = listener(bind, reuseport)?;
+    let addr = bound(&std_listener, bind);
     let body = format!("{name}\n");
     let keep = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
@@ -87,16 +99,16 @@ pub fn http_backend(bind: SocketAddr, name: &str, reuseport: bool) -> Result<(),
     local.block_on(&rt, async move {
         let listener =
             TcpListener::from_std(std_listener).map_err(|e| BenchError::Bind(bind, e))?;
-        eprintln!("ringlb-bench: http backend {name} listening on {bind}");
+        eprintln!("ringlb-bench: http backend {name} listening on {addr}");
         accept_loop(listener, move |s| {
-            serve_http(s, Rc::clone(&keep), Rc::clone(&close))
+            serve_http(s, Rc::clone(&keep), Rc::clone(&close), delay)
         })
         .await;
         Ok(())
     })
 }
 
-async fn serve_http(mut stream: TcpStream, keep: Rc<[u8]>, close: Rc<[u8]>) {
+async fn serve_http(mut stream: TcpStream, keep: Rc<[u8]>, close: Rc<[u8]>, delay: Duration) {
     let mut buf = vec![0u8; 4096];
     let mut filled = 0;
     loop {
@@ -115,6 +127,9 @@ async fn serve_http(mut stream: TcpStream, keep: Rc<[u8]>, close: Rc<[u8]>) {
         while let Some(end) = http::header_end(&buf[start..filled]) {
             let wants_close = http::wants_close(&buf[start..start + end]);
             let reply = if wants_close { &close } else { &keep };
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             if stream.write_all(reply).await.is_err() {
                 return;
             }
@@ -133,12 +148,13 @@ async fn serve_http(mut stream: TcpStream, keep: Rc<[u8]>, close: Rc<[u8]>) {
 /// `<` the sink sends until the client goes away.
 pub fn sink(bind: SocketAddr, reuseport: bool) -> Result<(), BenchError> {
     let std_listener = listener(bind, reuseport)?;
+    let addr = bound(&std_listener, bind);
     let rt = runtime()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let listener =
             TcpListener::from_std(std_listener).map_err(|e| BenchError::Bind(bind, e))?;
-        eprintln!("ringlb-bench: sink listening on {bind}");
+        eprintln!("ringlb-bench: sink listening on {addr}");
         accept_loop(listener, serve_sink).await;
         Ok(())
     })
