@@ -34,12 +34,12 @@ if [[ $QUICK == 1 ]]; then
     ROUNDS=${ROUNDS:-1}
     STRESS_ROUNDS=${STRESS_ROUNDS:-1}
     RATES=${RATES:-5000 20000}
-    D_RR=1s D_RATE=1s D_CONN=1s D_BULK=1s D_HOLD=1s
+    D_RR=500ms D_RATE=500ms D_CONN=500ms D_BULK=500ms D_HOLD=500ms
     HOLD_SMALL=1000 HOLD_BIG=2000 HOLD_BIG_PROCS=2 RAMP_LIMIT_BIG=10s
 else
     ROUNDS=${ROUNDS:-3}
     STRESS_ROUNDS=${STRESS_ROUNDS:-1}
-    RATES=${RATES:-10000 30000 50000}
+    RATES=${RATES:-10000 25000 40000}
     D_RR=4s D_RATE=3s D_CONN=4s D_BULK=2s D_HOLD=2s
     HOLD_SMALL=10000 HOLD_BIG=50000 HOLD_BIG_PROCS=0 RAMP_LIMIT_BIG=20s
 fi
@@ -78,6 +78,21 @@ start() {
 }
 
 alive() { kill -0 "$1" 2>/dev/null; }
+
+# stop PID: SIGTERM, up to 5 s to exit, then SIGKILL; the pid is forgotten.
+stop() {
+    local pid=$1 p
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    local keep=()
+    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
 
 # ---- tools ----
 
@@ -223,18 +238,25 @@ start_ringlb() {
     meta "ringlb threads at start" "$(awk '/^Threads:/ {print $2}' "/proc/$pid/status")"
 }
 
-start_targets() {
-    local t
-    for t in $TARGETS; do
-        case $t in
-            direct) ;;
-            haproxy) start_haproxy haproxy "" ;;
-            haproxy-splice) start_haproxy haproxy-splice "    option splice-auto" ;;
-            nginx) start_nginx ;;
-            ringlb) start_ringlb ;;
-            *) log "unknown target $t"; exit 2 ;;
-        esac
-    done
+start_target() {
+    case $1 in
+        direct) ;;
+        haproxy) start_haproxy haproxy "" ;;
+        haproxy-splice) start_haproxy haproxy-splice "    option splice-auto" ;;
+        nginx) start_nginx ;;
+        ringlb) start_ringlb ;;
+        *) log "unknown target $1"; exit 2 ;;
+    esac
+}
+
+# A proxy's memory grows with what it has served before and seldom shrinks, so the hold
+# workloads, which measure memory per connection, get a freshly started process.
+restart_target() {
+    local t=$1
+    [[ $t != direct && -n ${PID[$t]:-} ]] || return 0
+    stop "${PID[$t]}"
+    PID[$t]=""
+    start_target "$t"
 }
 
 # ---- workloads ----
@@ -268,6 +290,14 @@ each_target() {
     for t in $TARGETS; do run_one "$t" "$@"; done
 }
 
+each_fresh_target() {
+    local t
+    for t in $TARGETS; do
+        restart_target "$t"
+        run_one "$t" "$@"
+    done
+}
+
 wanted() { [[ " $WORKLOADS " == *" $1 "* ]]; }
 
 run_round() {
@@ -296,7 +326,7 @@ run_round() {
             --tag "desc=bulk: 4 streams, client to server"
     fi
     if wanted hold-10k; then
-        each_target hold-10k "$r" http hold --conns "$HOLD_SMALL" --rate 100 --duration "$D_HOLD" \
+        each_fresh_target hold-10k "$r" http hold --conns "$HOLD_SMALL" --rate 100 --duration "$D_HOLD" \
             --timeout 2s --ramp-limit 20s --threads 1 \
             --tag "desc=hold: $HOLD_SMALL connections, 100 req/s in total"
     fi
@@ -306,7 +336,7 @@ run_stress() {
     local r=$1
     wanted hold-50k || return 0
     log "stress round $r/$STRESS_ROUNDS"
-    each_target hold-50k "$r" http hold --conns "$HOLD_BIG" --procs "$HOLD_BIG_PROCS" --rate 100 \
+    each_fresh_target hold-50k "$r" http hold --conns "$HOLD_BIG" --procs "$HOLD_BIG_PROCS" --rate 100 \
         --duration "$D_HOLD" --timeout 2s --ramp-limit "$RAMP_LIMIT_BIG" --ramp-concurrency 1024 \
         --threads 1 --tag "desc=hold: $HOLD_BIG connections over several client processes, 100 req/s"
 }
@@ -327,7 +357,8 @@ main() {
     command -v haproxy >/dev/null && meta "haproxy" "$(haproxy -v | head -n1)"
     command -v nginx >/dev/null && meta "nginx" "$(nginx -v 2>&1)"
     start_backends
-    start_targets
+    local t
+    for t in $TARGETS; do start_target "$t"; done
     local r
     for r in $(seq "$ROUNDS"); do run_round "$r"; done
     for r in $(seq "$STRESS_ROUNDS"); do run_stress "$r"; done

@@ -107,6 +107,10 @@ pub struct HoldStats {
     pub slab_held_kib: u64,
     /// Growth of /proc/meminfo Slab per served connection, bytes.
     pub slab_per_conn_b: Option<f64>,
+    /// Growth of the socket-related slab caches alone (see `procstat::SOCKET_CACHES`) per
+    /// served connection, bytes: less disturbed by unrelated kernel activity than Slab.
+    #[serde(default)]
+    pub socket_slab_per_conn_b: Option<f64>,
     /// Target RSS before the ramp and with every connection held, KiB (first target pid).
     pub rss_before_kib: Option<u64>,
     pub rss_held_kib: Option<u64>,

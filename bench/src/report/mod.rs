@@ -98,7 +98,12 @@ fn summary(res: &Results, md: &mut String) {
         let (primary, _) = metrics_of(first);
         let mut rows = vec![primary];
         match first.mode.as_str() {
-            "hold" => rows.extend([Metric::Errors, Metric::RssPerConn, Metric::SlabPerConn]),
+            "hold" => rows.extend([
+                Metric::Errors,
+                Metric::RssPerConn,
+                Metric::SlabPerConn,
+                Metric::SocketSlabPerConn,
+            ]),
             _ => rows.push(Metric::Cpu),
         }
         for m in rows {

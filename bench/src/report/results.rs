@@ -43,6 +43,7 @@ pub enum Metric {
     Ramp,
     RssPerConn,
     SlabPerConn,
+    SocketSlabPerConn,
 }
 
 impl Metric {
@@ -65,6 +66,7 @@ impl Metric {
             Metric::Ramp => hold.map(|h| h.ramp_s),
             Metric::RssPerConn => hold.and_then(|h| h.rss_per_conn_b),
             Metric::SlabPerConn => hold.and_then(|h| h.slab_per_conn_b),
+            Metric::SocketSlabPerConn => hold.and_then(|h| h.socket_slab_per_conn_b),
         }
     }
 
@@ -84,6 +86,7 @@ impl Metric {
             Metric::Ramp => "ramp s",
             Metric::RssPerConn => "RSS B/conn",
             Metric::SlabPerConn => "slab B/conn",
+            Metric::SocketSlabPerConn => "socket slab B/conn",
         }
     }
 
@@ -103,7 +106,8 @@ impl Metric {
             | Metric::IoWorkers
             | Metric::Served
             | Metric::RssPerConn
-            | Metric::SlabPerConn => {
+            | Metric::SlabPerConn
+            | Metric::SocketSlabPerConn => {
                 format!("{v:.0}")
             }
         }
@@ -312,6 +316,7 @@ pub fn metrics_of(r: &RunResult) -> (Metric, &'static [Metric]) {
         Metric::Ramp,
         Metric::RssPerConn,
         Metric::SlabPerConn,
+        Metric::SocketSlabPerConn,
         Metric::Threads,
         Metric::IoWorkers,
         Metric::P99,

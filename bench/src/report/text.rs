@@ -41,13 +41,14 @@ pub fn human(r: &RunResult) -> String {
         );
         let _ = writeln!(
             s,
-            "  memory: slab {} -> {} KiB ({} B/conn); target RSS {} -> {} KiB ({} B/conn)",
+            "  memory: slab {} -> {} KiB ({} B/conn, socket caches {} B/conn); target RSS {} -> {} KiB ({} B/conn)",
             h.slab_before_kib,
             h.slab_held_kib,
-            opt(h.slab_per_conn_b),
+            opt(h.slab_per_conn_b.map(f64::round)),
+            opt(h.socket_slab_per_conn_b.map(f64::round)),
             opt(h.rss_before_kib.map(|v| v as f64)),
             opt(h.rss_held_kib.map(|v| v as f64)),
-            opt(h.rss_per_conn_b)
+            opt(h.rss_per_conn_b.map(f64::round))
         );
     }
     for t in &r.targets {
@@ -85,8 +86,9 @@ pub fn brief(r: &RunResult) -> String {
     if let Some(h) = &r.hold {
         let _ = write!(
             s,
-            "  slab {} B/conn  rss {} B/conn",
+            "  slab {} B/conn  socket slab {} B/conn  rss {} B/conn",
             opt(h.slab_per_conn_b.map(f64::round)),
+            opt(h.socket_slab_per_conn_b.map(f64::round)),
             opt(h.rss_per_conn_b.map(f64::round))
         );
     }

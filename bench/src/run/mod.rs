@@ -101,21 +101,29 @@ pub struct Watch {
     pub label: String,
 }
 
+/// What memory looked like before the ramp.
+struct Baseline {
+    kernel: procstat::KernelMemory,
+    rss_kib: Option<u64>,
+}
+
 /// Runs the workload from the parent's side and returns the merged result.
 pub fn drive(w: &Workload, watch: &Watch) -> Result<RunResult, BenchError> {
     let t0 = sys::monotonic_ns();
-    let slab_before = if watch.memory {
-        Some(procstat::slab_kib().map_err(|e| BenchError::Sys("/proc/meminfo", e))?)
+    let baseline = if watch.memory {
+        Some(Baseline {
+            kernel: procstat::kernel_memory().map_err(|e| BenchError::Sys("/proc/meminfo", e))?,
+            rss_kib: first_sample(&watch.pids)?.map(|s| s.rss_kib),
+        })
     } else {
         None
     };
-    let rss_before = first_rss(&watch.pids)?;
     let mut fleet = if w.split.procs > 1 {
         Fleet::Kids(Kids::start(w.split.procs)?)
     } else {
         Fleet::Local(Local::start(w, 0)?)
     };
-    let result = watch_fleet(&mut fleet, w, watch, t0, slab_before, rss_before);
+    let result = watch_fleet(&mut fleet, w, watch, t0, baseline.as_ref());
     if result.is_err() {
         fleet.abort();
     }
@@ -126,15 +134,41 @@ pub fn drive(w: &Workload, watch: &Watch) -> Result<RunResult, BenchError> {
     })
 }
 
-fn first_rss(pids: &[u32]) -> Result<Option<u64>, BenchError> {
+fn first_sample(pids: &[u32]) -> Result<Option<procstat::Sample>, BenchError> {
     match pids.first() {
         Some(&p) => Ok(Some(
-            procstat::sample(p)
-                .map_err(|e| BenchError::Target(p, e))?
-                .rss_kib,
+            procstat::sample(p).map_err(|e| BenchError::Target(p, e))?,
         )),
         None => Ok(None),
     }
+}
+
+/// Memory growth between the baseline and now, per connection served by the ramp.
+fn held_memory(baseline: &Baseline, pids: &[u32], served: u64) -> Result<HoldStats, BenchError> {
+    let kernel = procstat::kernel_memory().map_err(|e| BenchError::Sys("/proc/meminfo", e))?;
+    let held = first_sample(pids)?;
+    let per_conn = |before: f64, after: f64| (served > 0).then(|| (after - before) / served as f64);
+    let before = &baseline.kernel;
+    Ok(HoldStats {
+        slab_before_kib: before.slab_kib,
+        slab_held_kib: kernel.slab_kib,
+        slab_per_conn_b: per_conn(
+            before.slab_kib as f64 * 1024.0,
+            kernel.slab_kib as f64 * 1024.0,
+        ),
+        socket_slab_per_conn_b: before
+            .socket_slab_b
+            .zip(kernel.socket_slab_b)
+            .and_then(|(b, a)| per_conn(b as f64, a as f64)),
+        rss_before_kib: baseline.rss_kib,
+        rss_held_kib: held.map(|s| s.rss_kib),
+        rss_per_conn_b: baseline
+            .rss_kib
+            .zip(held)
+            .and_then(|(b, h)| per_conn(b as f64 * 1024.0, h.rss_kib as f64 * 1024.0)),
+        threads_held: held.map(|s| s.threads),
+        ..HoldStats::default()
+    })
 }
 
 /// The result so far, and the targets' cost still to be read at the very end.
@@ -145,8 +179,7 @@ fn watch_fleet(
     w: &Workload,
     watch: &Watch,
     t0: u64,
-    slab_before: Option<u64>,
-    rss_before: Option<u64>,
+    baseline: Option<&Baseline>,
 ) -> Result<Partial, BenchError> {
     let deadline = t0 + w.bound_ns();
     let mut next_print = t0 + 1_000_000_000;
@@ -172,30 +205,10 @@ fn watch_fleet(
         std::thread::sleep(POLL);
     }
     let ramped = fleet.counters();
-    let mut hold = None;
-    if let Some(slab_before) = slab_before {
-        let slab_held = procstat::slab_kib().map_err(|e| BenchError::Sys("/proc/meminfo", e))?;
-        let held = match watch.pids.first() {
-            Some(&p) => Some(procstat::sample(p).map_err(|e| BenchError::Target(p, e))?),
-            None => None,
-        };
-        let per_conn = |before: u64, after: u64| {
-            (ramped.served > 0)
-                .then(|| (after as f64 - before as f64) * 1024.0 / ramped.served as f64)
-        };
-        hold = Some(HoldStats {
-            slab_before_kib: slab_before,
-            slab_held_kib: slab_held,
-            slab_per_conn_b: per_conn(slab_before, slab_held),
-            rss_before_kib: rss_before,
-            rss_held_kib: held.map(|s| s.rss_kib),
-            rss_per_conn_b: rss_before
-                .zip(held)
-                .and_then(|(b, h)| per_conn(b, h.rss_kib)),
-            threads_held: held.map(|s| s.threads),
-            ..HoldStats::default()
-        });
-    }
+    let hold = match baseline {
+        Some(b) => Some(held_memory(b, &watch.pids, ramped.served)?),
+        None => None,
+    };
     if watch.progress {
         eprintln!(
             "{} ramped in {:.2}s: connected {} served {} errors {}",
