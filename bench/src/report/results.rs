@@ -34,6 +34,8 @@ pub enum Metric {
     P99,
     P999,
     Max,
+    /// p99 of the generator's own lateness (open loop).
+    Lag,
     Errors,
     Cpu,
     Threads,
@@ -57,6 +59,7 @@ impl Metric {
             Metric::P99 => lat.map(|l| l.p99_us),
             Metric::P999 => lat.map(|l| l.p999_us),
             Metric::Max => lat.map(|l| l.max_us),
+            Metric::Lag => r.send_lag.as_ref().map(|l| l.p99_us),
             Metric::Errors => Some((r.errors + r.unfinished) as f64),
             Metric::Cpu => target.and_then(|t| t.cpu_s_per_unit),
             Metric::Threads => target.map(|t| t.threads_peak as f64),
@@ -77,6 +80,7 @@ impl Metric {
             Metric::P99 => "p99 µs",
             Metric::P999 => "p99.9 µs",
             Metric::Max => "max µs",
+            Metric::Lag => "send lag p99 µs",
             Metric::Errors => "errors",
             Metric::Cpu => "CPU s/M",
             Metric::Threads => "threads",
@@ -93,7 +97,7 @@ impl Metric {
     pub fn format(self, v: f64) -> String {
         match self {
             Metric::Rate => si(v),
-            Metric::P50 | Metric::P99 | Metric::P999 | Metric::Max => {
+            Metric::P50 | Metric::P99 | Metric::P999 | Metric::Max | Metric::Lag => {
                 if v < 100.0 {
                     format!("{v:.1}")
                 } else {
@@ -298,6 +302,7 @@ pub fn metrics_of(r: &RunResult) -> (Metric, &'static [Metric]) {
         Metric::P99,
         Metric::P999,
         Metric::Max,
+        Metric::Lag,
         Metric::Errors,
         Metric::Cpu,
         Metric::Threads,
