@@ -40,7 +40,7 @@ else
     ROUNDS=${ROUNDS:-3}
     STRESS_ROUNDS=${STRESS_ROUNDS:-1}
     RATES=${RATES:-10000 25000 40000}
-    D_RR=4s D_RATE=3s D_CONN=4s D_BULK=2s D_HOLD=2s
+    D_RR=3s D_RATE=3s D_CONN=3s D_BULK=2s D_HOLD=2s
     HOLD_SMALL=10000 HOLD_BIG=50000 HOLD_BIG_PROCS=0 RAMP_LIMIT_BIG=20s
 fi
 
@@ -324,6 +324,8 @@ run_round() {
             --tag "desc=bulk: 1 stream, server to client"
         each_target bulk-up-4 "$r" bulk bulk --streams 4 --direction up --duration "$D_BULK" \
             --tag "desc=bulk: 4 streams, client to server"
+        each_target bulk-down-4 "$r" bulk bulk --streams 4 --direction down --duration "$D_BULK" \
+            --tag "desc=bulk: 4 streams, server to client"
     fi
     if wanted hold-10k; then
         each_fresh_target hold-10k "$r" http hold --conns "$HOLD_SMALL" --rate 100 --duration "$D_HOLD" \
