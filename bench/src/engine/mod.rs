@@ -218,7 +218,15 @@ impl<'a> Engine<'a> {
     fn deadline(&self) -> u64 {
         let mut d = self.next_scan;
         match self.phase {
-            Phase::Wait => d = d.min(sys::monotonic_ns() + WAIT_POLL_NS),
+            Phase::Wait => {
+                // Wake exactly at the start once it is known, so the first requests leave on time.
+                let at = self.ctl.steady_at.load(Ordering::Acquire);
+                d = d.min(if at != 0 {
+                    at
+                } else {
+                    sys::monotonic_ns() + WAIT_POLL_NS
+                });
+            }
             Phase::Steady => {
                 d = d.min(self.end);
                 if let Schedule::Open(_) = self.plan.schedule {
