@@ -11,7 +11,7 @@
 #   WORKLOADS="..."  subset of: rr-max rr-sweep conn-max bulk hold-10k hold-50k
 #   RATES="..."      offered rates of the rr sweep (requests/s)
 #   REQUIRE="..."    targets that must start and complete every run, or the exit status is 1
-#                    (default: direct haproxy haproxy-splice nginx; add ringlb once it works)
+#                    (default: all five)
 #   BACKEND=bench|ringlb  HTTP backends: ringlb-bench http-backend (default) or ringlb demo-backend
 #   OUT=DIR          where results go (default bench/results); KEEP=1 keeps the scratch directory
 #   NO_BUILD=1       use the binaries already built; NO_INSTALL=1 never calls apt-get
@@ -26,7 +26,9 @@ OUT=${OUT:-$ROOT/bench/results}
 QUICK=${QUICK:-0}
 TARGETS=${TARGETS:-direct haproxy haproxy-splice nginx ringlb}
 WORKLOADS=${WORKLOADS:-rr-max rr-sweep conn-max bulk hold-10k hold-50k}
-REQUIRE=${REQUIRE:-direct haproxy haproxy-splice nginx}
+RINGLB_WORKERS=2
+STRESS_RINGLB_WORKERS=${STRESS_RINGLB_WORKERS:-6}
+REQUIRE=${REQUIRE:-direct haproxy haproxy-splice nginx ringlb}
 BACKEND=${BACKEND:-bench}
 STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 
@@ -173,7 +175,7 @@ start_backends() {
 fill() {
     sed -e "s|@BACKEND_A@|$PORT_A|g; s|@BACKEND_B@|$PORT_B|g; s|@SINK_PORT@|$PORT_SINK|g" \
         -e "s|@HTTP_PORT@|$2|g; s|@BULK_PORT@|$3|g; s|@STATS_PORT@|${4:-0}|g; s|@OPTIONS@|${5:-}|g" \
-        -e "s|@DIR@|$WORK|g; s|@STREAM_MODULE@|$STREAM_MODULE|g" "$CONFIGS/$1"
+        -e "s|@DIR@|$WORK|g; s|@STREAM_MODULE@|$STREAM_MODULE|g; s|@WORKERS@|$RINGLB_WORKERS|g" "$CONFIGS/$1"
 }
 
 # ready TARGET PID HTTP_ADDR BULK_ADDR: waits for both listeners and records the target.
@@ -337,10 +339,12 @@ run_round() {
 run_stress() {
     local r=$1
     wanted hold-50k || return 0
-    log "stress round $r/$STRESS_ROUNDS"
+    log "stress round $r/$STRESS_ROUNDS (ringlb with $STRESS_RINGLB_WORKERS workers: one ring holds ~9,000 connections under this machine's 20,000-descriptor limit)"
+    RINGLB_WORKERS=$STRESS_RINGLB_WORKERS
     each_fresh_target hold-50k "$r" http hold --conns "$HOLD_BIG" --procs "$HOLD_BIG_PROCS" --rate 100 \
         --duration "$D_HOLD" --timeout 2s --ramp-limit "$RAMP_LIMIT_BIG" --ramp-concurrency 1024 \
         --threads 1 --tag "desc=hold: $HOLD_BIG connections over several client processes, 100 req/s"
+    RINGLB_WORKERS=2
 }
 
 # ---- main ----
