@@ -135,6 +135,14 @@ fn run(path: &Path) -> Result<(), String> {
         let servers: Vec<String> = p.servers.iter().map(|s| format!("{} ({})", s.name, s.resolved)).collect();
         info!("pool {}: {} over {} servers: {}", p.name, p.balance.name(), p.servers.len(), servers.join(", "));
     }
+    let wanted = u64::from(config.runtime.max_connections);
+    if datapath.capacity < wanted {
+        warn!(
+            "the {} workers can hold {} connections, below runtime.max_connections = {wanted}: each worker's \
+             io_uring file table is capped by RLIMIT_NOFILE; raise it (LimitNOFILE) or add workers",
+            config.runtime.workers, datapath.capacity
+        );
+    }
     info!("ringlb running with {} workers", config.runtime.workers);
     let mut stopping = false;
     loop {

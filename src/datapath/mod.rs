@@ -103,6 +103,9 @@ pub struct DataPath {
     shared: Arc<Shared>,
     workers: Vec<(JoinHandle<Result<(), DataPathError>>, RawFd)>,
     pub bound: Vec<BoundListener>,
+    /// Connections the workers can hold together: each ring's registered table is capped by
+    /// RLIMIT_NOFILE, two sockets per connection plus the pipe range.
+    pub capacity: u64,
 }
 
 impl DataPath {
@@ -168,10 +171,10 @@ impl DataPath {
                 .map_err(|source| DataPathError::Worker { worker: id, what: "spawn", source })?;
             handles.push((handle, wake));
         }
-        let datapath = DataPath { shared, workers: handles, bound };
+        let mut datapath = DataPath { shared, workers: handles, bound, capacity: 0 };
         for _ in 0..workers {
             match ready_rx.recv() {
-                Ok(Ok(())) => {}
+                Ok(Ok(conns)) => datapath.capacity += u64::from(conns),
                 Ok(Err(message)) => {
                     datapath.shutdown();
                     let _ = datapath.join();

@@ -185,14 +185,15 @@ pub struct Worker {
     pub steps: Vec<super::flow::Step>,
 }
 
-/// Runs a worker until shutdown. `ready` hears once whether the ring could be set up, so that
-/// start-up reports "running" only when every worker really is.
-pub fn run(spec: WorkerSpec, ready: crossbeam::channel::Sender<Result<(), String>>) -> Result<(), DataPathError> {
+/// Runs a worker until shutdown. `ready` hears once whether the ring could be set up (and how
+/// many connections it can hold), so that start-up reports "running" only when every worker
+/// really is.
+pub fn run(spec: WorkerSpec, ready: crossbeam::channel::Sender<Result<u32, String>>) -> Result<(), DataPathError> {
     let id = spec.id;
     let err = |what: &'static str| move |source: io::Error| DataPathError::Worker { worker: id, what, source };
     let mut worker = match Worker::new(spec) {
         Ok(worker) => {
-            let _ = ready.send(Ok(()));
+            let _ = ready.send(Ok(worker.layout.conns));
             worker
         }
         Err(e) => {
