@@ -246,10 +246,20 @@ mod tests {
     fn own_process_is_sampled_with_its_threads_and_cpu() {
         // Burn some CPU in a thread that exits before the second sample: its time must remain.
         let before = sample(std::process::id()).unwrap_or_else(|e| panic!("{e}"));
+        // Burn 100 ms of this thread's own CPU time (not wall time: a busy machine may give the
+        // thread only part of each wall-clock millisecond), bounded by 10 s of wall time.
         let burner = std::thread::spawn(|| {
+            let thread_cpu = || {
+                let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                // SAFETY: clock_gettime fills the timespec.
+                unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+                std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+            };
             let start = std::time::Instant::now();
             let mut x = 0u64;
-            while start.elapsed() < std::time::Duration::from_millis(100) {
+            while thread_cpu() < std::time::Duration::from_millis(100)
+                && start.elapsed() < std::time::Duration::from_secs(10)
+            {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
         });
