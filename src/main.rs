@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ringlb::config;
 use ringlb::control::signals::{self, Signal};
-use ringlb::control::{hostcheck, privdrop};
+use ringlb::control::{hostcheck, privdrop, reload};
 use ringlb::datapath::DataPath;
 use ringlb::health::Prober;
 use tracing::{error, info, warn};
@@ -117,7 +117,7 @@ fn preflight(config: &config::Config) -> Result<(), String> {
 /// `ringlb run`: start the workers, then serve signals until a clean stop.
 fn run(path: &Path) -> Result<(), String> {
     signals::install().map_err(|e| format!("cannot set up signals: {e}"))?;
-    let config = config::load(path).map_err(|e| e.to_string())?;
+    let mut config = config::load(path).map_err(|e| e.to_string())?;
     // The prober publishes the first table (initial server states) and is its only writer.
     let prober = Prober::new(&config).map_err(|e| e.to_string())?;
     let table = prober.table();
@@ -126,7 +126,7 @@ fn run(path: &Path) -> Result<(), String> {
         privdrop::drop_privileges(user).map_err(|e| format!("runtime.user: {e}"))?;
     }
     preflight(&config)?;
-    let datapath = DataPath::start(&config, listeners, table).map_err(|e| e.to_string())?;
+    let mut datapath = DataPath::start(&config, listeners, table).map_err(|e| e.to_string())?;
     let prober = prober.spawn().map_err(|e| e.to_string())?;
     for l in &datapath.bound {
         info!("listener {} bound {} -> pool {}", l.name, l.addr, l.pool);
@@ -156,7 +156,10 @@ fn run(path: &Path) -> Result<(), String> {
                 datapath.shutdown();
                 stopping = true;
             }
-            Some(Signal::Reload) => warn!("SIGHUP: configuration reload is not supported yet; ignored"),
+            Some(Signal::Reload) if !stopping => {
+                info!("SIGHUP: reloading {}", path.display());
+                config = reload::reload(path, config, &mut datapath, &prober);
+            }
             _ => {}
         }
         if datapath.any_finished() {

@@ -4,4 +4,5 @@
 
 pub mod hostcheck;
 pub mod privdrop;
+pub mod reload;
 pub mod signals;

@@ -137,11 +137,11 @@ impl Worker {
             // The slab is as large as the accept range, so this cannot happen; close rather than leak.
             self.push(&[close_entry(client)]);
             self.live -= 1;
-            shared.release(listener);
+            shared.release(&self.acceptors[listener].listener);
             return;
         };
         let table = self.table.load_full();
-        let pool = table.pool_index(&shared.listeners[listener].pool);
+        let pool = table.pool_index(&self.acceptors[listener].listener.pool.load());
         let now = self.now;
         let c = &mut self.conns[slot as usize];
         c.phase = Phase::Connecting;
@@ -149,7 +149,7 @@ impl Worker {
         c.client = client;
         c.backend_open = false;
         c.inflight = 0;
-        let (mode, auto) = match shared.splice {
+        let (mode, auto) = match shared.splice_mode() {
             SpliceMode::Auto => (Mode::Copy, true),
             SpliceMode::Always => (Mode::Splice, false),
             SpliceMode::Never => (Mode::Copy, false),
@@ -640,7 +640,7 @@ impl Worker {
         self.release_server(slot);
         self.release_slot(slot);
         self.live -= 1;
-        self.shared.release(listener);
+        self.shared.release(&self.acceptors[listener].listener);
         self.process_queue();
         self.start_parked();
         self.update_accepts();

@@ -20,7 +20,7 @@ use super::buffers::BufferPool;
 use super::ops::{self, Op};
 use super::pipes::PipePool;
 use super::proxy::{CloseCause, Conn, Phase};
-use super::{DataPathError, Shared};
+use super::{Control, DataPathError, ListenerShared, Shared};
 use crate::table::SharedTable;
 
 const SQ_ENTRIES: u32 = 4096;
@@ -49,7 +49,9 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 
 pub struct WorkerSpec {
     pub id: usize,
-    pub listen_fds: Vec<RawFd>,
+    /// This worker's socket of each listener's SO_REUSEPORT group, with the listener's state.
+    pub listen_fds: Vec<(RawFd, Arc<ListenerShared>)>,
+    pub control: crossbeam::channel::Receiver<Control>,
     pub wake_fd: RawFd,
     pub table: SharedTable,
     pub shared: Arc<Shared>,
@@ -92,9 +94,12 @@ enum AcceptState {
     Cancelling,
 }
 
-struct Acceptor {
+pub struct Acceptor {
     fd: RawFd,
+    pub listener: Arc<ListenerShared>,
     state: AcceptState,
+    /// Removed by a reload: stop accepting, close the socket; connections go on.
+    retired: bool,
     closed: bool,
     /// Where a single-shot accept writes the client's address (boxed: the kernel writes into it
     /// after submission). Only listeners whose pool hashes on the client address use it, as a
@@ -103,6 +108,18 @@ struct Acceptor {
 }
 
 impl Acceptor {
+    fn new(fd: RawFd, listener: Arc<ListenerShared>) -> Acceptor {
+        Acceptor {
+            fd,
+            listener,
+            state: AcceptState::Idle,
+            retired: false,
+            closed: false,
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            peer: Box::new((unsafe { std::mem::zeroed() }, 0)),
+        }
+    }
+
     fn peer_ip(&self) -> IpAddr {
         let (storage, _) = &*self.peer;
         // SAFETY: the kernel wrote a sockaddr of the listener's family; both casts stay within
@@ -155,7 +172,9 @@ pub struct Worker {
     pub layout: SlotLayout,
     pub shared: Arc<Shared>,
     pub table: SharedTable,
-    acceptors: Vec<Acceptor>,
+    /// Never shrinks: a connection refers to its listener by index, also after a reload retired it.
+    pub acceptors: Vec<Acceptor>,
+    control: crossbeam::channel::Receiver<Control>,
     accept_backoff_until: Option<Instant>,
     /// Boxed so that a connection never moves: in-flight operations point into it (the connect
     /// address, the link timeout) while the slab grows.
@@ -235,17 +254,8 @@ impl Worker {
             buffers: BufferPool::new(MAX_BUFFERS),
             shared: spec.shared,
             table: spec.table,
-            acceptors: spec
-                .listen_fds
-                .into_iter()
-                .map(|fd| Acceptor {
-                    fd,
-                    state: AcceptState::Idle,
-                    closed: false,
-                    // SAFETY: all-zero is a valid sockaddr_storage.
-                    peer: Box::new((unsafe { std::mem::zeroed() }, 0)),
-                })
-                .collect(),
+            acceptors: spec.listen_fds.into_iter().map(|(fd, listener)| Acceptor::new(fd, listener)).collect(),
+            control: spec.control,
             accept_backoff_until: None,
             conns: Vec::new(),
             free: Vec::new(),
@@ -375,8 +385,22 @@ impl Worker {
         let mut buf = 0u64;
         // SAFETY: reading 8 bytes from our non-blocking eventfd into a u64.
         unsafe { libc::read(self.wake_fd, (&mut buf as *mut u64).cast(), 8) };
+        while let Ok(message) = self.control.try_recv() {
+            match message {
+                Control::AddListener { fd, listener } => {
+                    debug!(worker = self.id, listener = %listener.name, "listener added");
+                    self.acceptors.push(Acceptor::new(fd, listener));
+                }
+                Control::RetireListener { name } => {
+                    for a in self.acceptors.iter_mut().filter(|a| a.listener.name == name && !a.retired) {
+                        a.retired = true;
+                    }
+                }
+            }
+            self.update_accepts();
+        }
         if self.shared.shutdown.load(Ordering::SeqCst) && self.shutting_down.is_none() {
-            self.shutting_down = Some(self.now + self.shared.grace);
+            self.shutting_down = Some(self.now + self.shared.grace());
             debug!(worker = self.id, live = self.live, "stopping: no new connections");
             // Parked clients were never served: close them with the listeners.
             while let Some((_, client, _)) = self.parked.pop_front() {
@@ -420,7 +444,8 @@ impl Worker {
         if !self.parked.is_empty() {
             return 0;
         }
-        let global = self.shared.max_connections.saturating_sub(self.shared.active.load(Ordering::Relaxed));
+        let max = self.shared.max_connections.load(Ordering::Relaxed);
+        let global = max.saturating_sub(self.shared.active.load(Ordering::Relaxed));
         let slab = self.layout.conns.saturating_sub(self.live);
         global.min(slab)
     }
@@ -428,14 +453,14 @@ impl Worker {
     /// Whether listener `i`'s pool balances on the client address (then accepts capture it).
     fn wants_peer(&self, i: usize) -> bool {
         let table = self.table.load();
-        let pool = table.pool_index(&self.shared.listeners[i].pool);
+        let pool = table.pool_index(&self.acceptors[i].listener.pool.load());
         pool.is_some_and(|p| matches!(table.pools[p].balancer.policy(), crate::balance::Policy::SourceHash { .. }))
     }
 
     /// Starts parked clients while the limits allow, oldest first.
     pub fn start_parked(&mut self) {
         while let Some(&(listener, client, ip)) = self.parked.front() {
-            if !self.shared.try_reserve(listener) {
+            if !self.shared.try_reserve(&self.acceptors[listener].listener) {
                 return;
             }
             self.parked.pop_front();
@@ -447,10 +472,12 @@ impl Worker {
     pub fn update_accepts(&mut self) {
         let room = self.accept_room();
         for i in 0..self.acceptors.len() {
-            let listener = &self.shared.listeners[i];
-            let lroom = listener.max_connections.saturating_sub(listener.active.load(Ordering::Relaxed));
+            let listener = &self.acceptors[i].listener;
+            let lmax = listener.max_connections.load(Ordering::Relaxed);
+            let lroom = lmax.saturating_sub(listener.active.load(Ordering::Relaxed));
             let room = room.min(lroom);
-            let want = if self.shutting_down.is_some() || self.accept_backoff_until.is_some() || room == 0 {
+            let stopping = self.shutting_down.is_some() || self.acceptors[i].retired;
+            let want = if stopping || self.accept_backoff_until.is_some() || room == 0 {
                 AcceptState::Idle
             } else if room > MULTISHOT_MARGIN && !self.wants_peer(i) {
                 AcceptState::Multi
@@ -461,7 +488,7 @@ impl Worker {
             if a.closed {
                 continue;
             }
-            if self.shutting_down.is_some() && a.state == AcceptState::Idle {
+            if stopping && a.state == AcceptState::Idle {
                 // SAFETY: no accept is in flight on this socket any more; closing it makes the
                 // kernel refuse new connections to this worker.
                 unsafe { libc::close(a.fd) };
@@ -522,7 +549,7 @@ impl Worker {
             // client waits here, unconnected, exactly as it would in the kernel's accept queue.
             // A multishot accept leaves the address unset (only source-hash needs it).
             let ip = if more { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { self.acceptors[listener].peer_ip() };
-            if self.parked.is_empty() && self.shared.try_reserve(listener) {
+            if self.parked.is_empty() && self.shared.try_reserve(&self.acceptors[listener].listener) {
                 self.open_connection(listener, res as u32, ip);
             } else {
                 self.parked.push_back((listener, res as u32, ip));
