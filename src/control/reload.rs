@@ -67,7 +67,7 @@ fn try_reload(
     for pool in &next.pools {
         let before = running.pools.iter().find(|p| p.name == pool.name);
         let servers: Vec<&str> = pool.servers.iter().map(|s| s.name.as_str()).collect();
-        let changed = before.is_none_or(|b| {
+        let changed = before.map_or(true, |b| {
             b.balance != pool.balance || b.servers.iter().map(|s| s.name.as_str()).ne(servers.iter().copied())
         });
         if changed {
