@@ -133,7 +133,7 @@ async fn reload_under_load_drops_nothing_and_switches_servers_within_a_second() 
     // A new server set: a leaves, c joins.
     let reloaded_at = Instant::now();
     lb.reload_with(&config(&[&b, &c], None));
-    lb.wait_for_log(&"reloaded ".to_string());
+    lb.wait_for_log("reloaded ");
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     pacer.await.expect("pacer");
