@@ -26,6 +26,9 @@ enum Command {
     Run {
         #[arg(short = 'c', long = "config", default_value = "conf/ringlb.toml")]
         config: PathBuf,
+        /// Log lines as human-readable text or as one JSON object per line.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Validate a configuration file and print a summary.
     Check {
@@ -47,8 +50,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => {
-            init_logging();
+        Command::Run { config, log_format } => {
+            init_logging(log_format);
             match run(&config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -93,9 +96,25 @@ fn check(path: &Path, host: bool) -> ExitCode {
     }
 }
 
-fn init_logging() {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr; `RUST_LOG` filters them (default `info`). Colours only on a terminal, and
+/// never with `NO_COLOR` set.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(ansi).init();
+        }
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
 }
 
 /// The host check at start-up: one warning per gap; only an unusable io_uring stops ringlb

@@ -103,6 +103,8 @@ pub struct RuntimeConfig {
     pub user: Option<String>,
     /// How the data path moves bytes.
     pub splice: SpliceMode,
+    /// One log line per connection at close.
+    pub log_connections: bool,
 }
 
 /// `runtime.splice`: when the data path uses splice (through pipes, on io-wq kernel threads)

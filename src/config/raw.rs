@@ -35,6 +35,7 @@ pub struct RawRuntime {
     pub shutdown_grace: Option<Spanned<String>>,
     pub user: Option<Spanned<String>>,
     pub splice: Option<Spanned<String>>,
+    pub log_connections: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, DeriveDeserialize)]

@@ -387,7 +387,7 @@ fn unknown_keys_name_their_table_and_the_expected_keys() {
     assert_eq!(
         error(&format!("[runtime]\nworker = 1\n{MINIMAL}")),
         "x.toml:2:1: unknown key `worker` in [runtime], expected one of workers, \
-         max_connections, shutdown_grace, user, splice"
+         max_connections, shutdown_grace, user, splice, log_connections"
     );
     assert_eq!(
         error(&format!("{MINIMAL}[listener.api]\n")),

@@ -101,7 +101,8 @@ impl Checker<'_> {
                 }
             },
         };
-        RuntimeConfig { workers, max_connections, shutdown_grace, user, splice }
+        let log_connections = raw.log_connections.as_ref().is_some_and(|v| *v.get_ref());
+        RuntimeConfig { workers, max_connections, shutdown_grace, user, splice, log_connections }
     }
 
     /// The admin section and its bind for the duplicate check (none when the bind is invalid).

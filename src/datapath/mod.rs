@@ -12,6 +12,7 @@
 //! `ops` (what `user_data` means).
 
 mod buffers;
+mod connlog;
 mod flow;
 mod listener;
 mod ops;
@@ -42,6 +43,8 @@ pub struct Shared {
     pub grace_ms: AtomicU64,
     pub max_connections: AtomicU32,
     pub active: AtomicU32,
+    /// `[runtime] log_connections`.
+    pub log_connections: AtomicBool,
 }
 
 /// One listener as every worker sees it. Workers keep it for as long as a connection accepted on
@@ -186,6 +189,7 @@ impl DataPath {
             grace_ms: AtomicU64::new(config.runtime.shutdown_grace.as_millis() as u64),
             max_connections: AtomicU32::new(config.runtime.max_connections),
             active: AtomicU32::new(0),
+            log_connections: AtomicBool::new(config.runtime.log_connections),
         });
         let listener_state: Vec<Arc<ListenerShared>> =
             config.listeners.iter().map(|l| Arc::new(ListenerShared::new(l))).collect();
@@ -258,6 +262,7 @@ impl DataPath {
         self.shared.max_connections.store(config.runtime.max_connections, Ordering::Relaxed);
         self.shared.splice.store(splice_mode_code(config.runtime.splice), Ordering::Relaxed);
         self.shared.grace_ms.store(config.runtime.shutdown_grace.as_millis() as u64, Ordering::Relaxed);
+        self.shared.log_connections.store(config.runtime.log_connections, Ordering::Relaxed);
         // Bind every new listener first: a failure leaves the running ones untouched.
         let workers = self.workers.len();
         let mut added = Vec::new();

@@ -8,7 +8,7 @@
 //! zero, and only then closes the descriptors, returns the pipes and frees the slot. Nothing is
 //! reused while the kernel may still touch it.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,7 +73,9 @@ pub struct Conn {
     exclude: ExcludeSet,
     attempts: u32,
     attempts_left: u32,
-    client_ip: IpAddr,
+    peer: SocketAddr,
+    started: Instant,
+    cause: CloseCause,
     pub queued_until: Option<Instant>,
     client: u32,
     backend_open: bool,
@@ -102,7 +104,9 @@ impl Conn {
             exclude: ExcludeSet::new(),
             attempts: 0,
             attempts_left: 0,
-            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            peer: super::worker::UNKNOWN_PEER,
+            started: Instant::now(),
+            cause: CloseCause::Done,
             queued_until: None,
             client: 0,
             backend_open: false,
@@ -130,7 +134,7 @@ impl Default for Conn {
 impl Worker {
     /// A client was accepted into registered slot `client`; it is already counted against the
     /// limits (see `Shared::try_reserve`).
-    pub fn open_connection(&mut self, listener: usize, client: u32, client_ip: IpAddr) {
+    pub fn open_connection(&mut self, listener: usize, client: u32, peer: SocketAddr) {
         let shared = self.shared.clone();
         self.live += 1;
         let Some(slot) = self.alloc_slot() else {
@@ -161,7 +165,9 @@ impl Worker {
         c.attempts = 0;
         c.reserved = None;
         c.queued_until = None;
-        c.client_ip = client_ip;
+        c.peer = peer;
+        c.started = now;
+        c.cause = CloseCause::Done;
         c.last_active = now;
         let Some(pool) = pool else {
             self.begin_close(slot, CloseCause::NoServer);
@@ -190,7 +196,7 @@ impl Worker {
             let id = self.id as u64;
             self.balance.resize_with(pool + 1, || crate::balance::WorkerBalanceState::new(id));
         }
-        table.pools[pool].balancer.select(&mut self.balance[pool], c.client_ip, &c.exclude, self.now)
+        table.pools[pool].balancer.select(&mut self.balance[pool], c.peer.ip(), &c.exclude, self.now)
     }
 
     /// Gives back the connection's server slot (after a failed connect, or at close).
@@ -596,6 +602,7 @@ impl Worker {
         // A queued client has nothing in flight; it leaves the queue lazily (phase check).
         debug!(worker = self.id, slot, ?cause, "closing");
         c.phase = Phase::Closing;
+        c.cause = cause;
         if c.inflight == 0 {
             self.finish_close(slot);
             return;
@@ -611,6 +618,9 @@ impl Worker {
 
     /// Last completion arrived: close the sockets, give back the pipes, free the slot.
     fn finish_close(&mut self, slot: u32) {
+        if self.shared.log_connections.load(std::sync::atomic::Ordering::Relaxed) {
+            self.log_connection(slot);
+        }
         let backend = self.layout.backend_slot(slot);
         let c = &mut self.conns[slot as usize];
         let mut entries = vec![close_entry(c.client)];
@@ -644,6 +654,24 @@ impl Worker {
         self.process_queue();
         self.start_parked();
         self.update_accepts();
+    }
+}
+
+impl Worker {
+    fn log_connection(&self, slot: u32) {
+        let c = &self.conns[slot as usize];
+        let pool = c.table.as_ref().map(|t| &t.pools[c.pool]);
+        let entry = super::connlog::Entry {
+            client: c.peer,
+            listener: &self.acceptors[c.listener].listener.name,
+            pool: pool.map_or("-", |p| p.name.as_str()),
+            server: if c.attempts > 0 { pool.map(|p| p.servers[c.server].name.as_str()) } else { None },
+            c2b: c.flows[C2B].delivered,
+            b2c: c.flows[B2C].delivered,
+            duration: self.now.saturating_duration_since(c.started),
+            cause: c.cause,
+        };
+        super::connlog::write(&entry);
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -44,6 +44,8 @@ const MULTISHOT_MARGIN: u32 = 256;
 /// How long accepts pause after EMFILE/ENFILE/ENOMEM.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const TICK: Duration = Duration::from_millis(100);
+/// The client address when the accept did not capture it.
+pub const UNKNOWN_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
 /// Minimum interval between two copies of the same rate-limited warning.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -120,7 +122,7 @@ impl Acceptor {
         }
     }
 
-    fn peer_ip(&self) -> IpAddr {
+    fn peer(&self) -> SocketAddr {
         let (storage, _) = &*self.peer;
         // SAFETY: the kernel wrote a sockaddr of the listener's family; both casts stay within
         // sockaddr_storage.
@@ -128,13 +130,14 @@ impl Acceptor {
             match i32::from(storage.ss_family) {
                 libc::AF_INET => {
                     let sin = &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
-                    IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+                    let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                    SocketAddr::new(IpAddr::V4(ip), u16::from_be(sin.sin_port))
                 }
                 libc::AF_INET6 => {
                     let sin6 = &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
-                    IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
+                    SocketAddr::new(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)), u16::from_be(sin6.sin6_port))
                 }
-                _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                _ => UNKNOWN_PEER,
             }
         }
     }
@@ -184,8 +187,8 @@ pub struct Worker {
     pub live: u32,
     pub pipes: PipePool,
     pub buffers: BufferPool,
-    /// Accepted clients waiting for a slot under the limits: (listener, client slot, client IP).
-    parked: VecDeque<(usize, u32, IpAddr)>,
+    /// Accepted clients waiting for a slot under the limits: (listener, client slot, client).
+    parked: VecDeque<(usize, u32, SocketAddr)>,
     /// Flows parked until a pipe or buffer frees up: (slot, gen, direction).
     pub pipe_waiters: VecDeque<(u32, u32, usize)>,
     /// Balancing state of this worker, per pool index.
@@ -450,8 +453,12 @@ impl Worker {
         global.min(slab)
     }
 
-    /// Whether listener `i`'s pool balances on the client address (then accepts capture it).
+    /// Whether listener `i` needs client addresses: its pool balances on them, or connections
+    /// are logged. Then its accepts capture them.
     fn wants_peer(&self, i: usize) -> bool {
+        if self.shared.log_connections.load(Ordering::Relaxed) {
+            return true;
+        }
         let table = self.table.load();
         let pool = table.pool_index(&self.acceptors[i].listener.pool.load());
         pool.is_some_and(|p| matches!(table.pools[p].balancer.policy(), crate::balance::Policy::SourceHash { .. }))
@@ -547,8 +554,9 @@ impl Worker {
         } else if res >= 0 {
             // Another worker may have taken the last slot since this accept was armed: then the
             // client waits here, unconnected, exactly as it would in the kernel's accept queue.
-            // A multishot accept leaves the address unset (only source-hash needs it).
-            let ip = if more { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { self.acceptors[listener].peer_ip() };
+            // A multishot accept leaves the address unset (only source-hash and the connection
+            // log need it, and their listeners accept one at a time).
+            let ip = if more { UNKNOWN_PEER } else { self.acceptors[listener].peer() };
             if self.parked.is_empty() && self.shared.try_reserve(&self.acceptors[listener].listener) {
                 self.open_connection(listener, res as u32, ip);
             } else {
