@@ -35,6 +35,7 @@ pub struct RawRuntime {
     pub shutdown_grace: Option<Spanned<String>>,
     pub user: Option<Spanned<String>>,
     pub splice: Option<Spanned<String>>,
+    pub pid_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, DeriveDeserialize)]
