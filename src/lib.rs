@@ -39,4 +39,5 @@ pub mod control;
 pub mod datapath;
 pub mod demo_backend;
 pub mod health;
+pub mod metrics;
 pub mod table;

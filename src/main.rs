@@ -119,6 +119,7 @@ fn run(path: &Path) -> Result<(), String> {
     signals::install().map_err(|e| format!("cannot set up signals: {e}"))?;
     let config = config::load(path).map_err(|e| e.to_string())?;
     // The prober publishes the first table (initial server states) and is its only writer.
+    let metrics = std::sync::Arc::new(ringlb::metrics::Metrics::new(&config));
     let prober = Prober::new(&config);
     let table = prober.table();
     let listeners = DataPath::bind(&config).map_err(|e| e.to_string())?;
@@ -126,7 +127,7 @@ fn run(path: &Path) -> Result<(), String> {
         privdrop::drop_privileges(user).map_err(|e| format!("runtime.user: {e}"))?;
     }
     preflight(&config)?;
-    let datapath = DataPath::start(&config, listeners, table).map_err(|e| e.to_string())?;
+    let datapath = DataPath::start(&config, listeners, table, &metrics).map_err(|e| e.to_string())?;
     let prober = prober.spawn().map_err(|e| e.to_string())?;
     for l in &datapath.bound {
         info!("listener {} bound {} -> pool {}", l.name, l.addr, l.pool);

@@ -6,7 +6,8 @@
 //! A snapshot also carries what outlives it, shared by every snapshot of a pool: the counters of
 //! clients that found every server down, and the channel on which workers report connect outcomes
 //! to the prober (passive health detection). Reporting never blocks: a full channel drops the
-//! report.
+//! report. Every pool and server also carries its metric block (`stats`), the same one in every
+//! snapshot for the same pool and server name, so that counting survives each publish.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,7 @@ use arc_swap::ArcSwap;
 use crossbeam::channel::Sender;
 
 use crate::config::{Config, OnAllDown};
+use crate::metrics::{PoolStats, ServerStats};
 
 #[derive(Debug)]
 pub struct BackendTable {
@@ -40,6 +42,8 @@ pub struct PoolTable {
     /// Where workers report connect outcomes; `None` when passive detection is off.
     pub passive: Option<PassiveReports>,
     pub counters: Arc<PoolCounters>,
+    /// The pool's metric block.
+    pub stats: Arc<PoolStats>,
     pub servers: Vec<ServerEntry>,
 }
 
@@ -50,6 +54,8 @@ pub struct ServerEntry {
     pub weight: u32,
     /// Health and admin state, as last published by the prober.
     pub state: ServerState,
+    /// The server's metric block.
+    pub stats: Arc<ServerStats>,
 }
 
 /// A server's state in one snapshot.
@@ -59,8 +65,11 @@ pub enum ServerState {
     Up,
     /// Failed its checks (or passive detection): no new connections.
     Down,
-    /// Set aside by an operator: no new connections, open ones finish.
+    /// Set aside by an operator: no new connections, open ones finish; checks go on.
     Draining,
+    /// Put in maintenance by an operator: no new connections, open ones finish; check results
+    /// are ignored until it is enabled again.
+    Disabled,
 }
 
 impl ServerState {
@@ -69,6 +78,7 @@ impl ServerState {
             ServerState::Up => "up",
             ServerState::Down => "down",
             ServerState::Draining => "draining",
+            ServerState::Disabled => "disabled",
         }
     }
 }
@@ -77,6 +87,20 @@ impl ServerEntry {
     /// May receive a new connection (health and weight; policies add their own limits).
     pub fn usable(&self) -> bool {
         self.state == ServerState::Up && self.weight > 0
+    }
+
+    /// Its share of new connections now: its weight while usable, else 0.
+    pub fn effective_weight(&self) -> u32 {
+        if self.usable() {
+            self.weight
+        } else {
+            0
+        }
+    }
+
+    /// Set aside by an operator (drained or disabled): never picked, even when failing open.
+    pub fn set_aside(&self) -> bool {
+        matches!(self.state, ServerState::Draining | ServerState::Disabled)
     }
 }
 
@@ -123,6 +147,21 @@ impl PassiveReports {
 pub struct PoolHandles {
     pub passive: Option<PassiveReports>,
     pub counters: Arc<PoolCounters>,
+    /// The pool's metric block (`None`: a fresh one, seen by no scrape).
+    pub stats: Option<Arc<PoolStats>>,
+    /// The metric blocks of the pool's servers, in config order (missing ones: fresh blocks).
+    pub servers: Vec<Arc<ServerStats>>,
+}
+
+impl PoolHandles {
+    /// Handles whose metric blocks are those `metrics` keeps for `pool` and its servers.
+    pub fn with_metrics(pool: &crate::config::PoolConfig, metrics: &crate::metrics::Metrics) -> PoolHandles {
+        PoolHandles {
+            stats: Some(metrics.pool(&pool.name)),
+            servers: pool.servers.iter().map(|s| metrics.server(&pool.name, &s.name)).collect(),
+            ..PoolHandles::default()
+        }
+    }
 }
 
 impl PoolTable {
@@ -133,7 +172,7 @@ impl PoolTable {
         if !self.all_down {
             return server.usable();
         }
-        self.on_all_down == OnAllDown::FailOpen && server.state != ServerState::Draining && server.weight > 0
+        self.on_all_down == OnAllDown::FailOpen && !server.set_aside() && server.weight > 0
     }
 
     /// Counts a new client that found every server down (call once per client).
@@ -160,11 +199,13 @@ impl BackendTable {
         handles: &[PoolHandles],
         state: impl Fn(usize, usize) -> ServerState,
     ) -> BackendTable {
+        let workers = config.runtime.workers;
         let pools = config
             .pools
             .iter()
             .enumerate()
             .map(|(p, pool)| {
+                let handles = handles.get(p).cloned().unwrap_or_default();
                 let servers: Vec<ServerEntry> = pool
                     .servers
                     .iter()
@@ -174,9 +215,9 @@ impl BackendTable {
                         addr: server.resolved,
                         weight: server.weight,
                         state: state(p, s),
+                        stats: handles.servers.get(s).cloned().unwrap_or_else(|| Arc::new(ServerStats::new(workers))),
                     })
                     .collect();
-                let handles = handles.get(p).cloned().unwrap_or_default();
                 PoolTable {
                     name: pool.name.clone(),
                     connect_timeout: pool.connect_timeout,
@@ -186,6 +227,7 @@ impl BackendTable {
                     all_down: !servers.iter().any(ServerEntry::usable),
                     passive: handles.passive,
                     counters: handles.counters,
+                    stats: handles.stats.unwrap_or_else(|| Arc::new(PoolStats::new(workers))),
                     servers,
                 }
             })
@@ -252,6 +294,9 @@ mod tests {
         assert_eq!(eligible(&t), [false, false, false]);
         let t = table("fail-open", [Down, Down, Draining]);
         assert_eq!(eligible(&t), [true, true, false]);
+        let t = table("fail-open", [Down, Disabled, Draining]);
+        assert!(t.pools[0].all_down);
+        assert_eq!(eligible(&t), [true, false, false]);
         assert!(!t.pools[0].eligible(3), "out of range");
     }
 

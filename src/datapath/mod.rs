@@ -3,8 +3,9 @@
 //! Each worker owns one ring, one SO_REUSEPORT listening socket per listener, a slab of
 //! connections and a pipe pool. It reads the backend table snapshot (arc-swap) when it picks a
 //! server and shares nothing else with the other workers but the connection counters that enforce
-//! `max_connections`. It depends only on config, the backend table and (later) metrics; the
-//! control plane talks to it through [`DataPath`]: the table it publishes and `shutdown()`.
+//! `max_connections`. It depends only on config, the backend table and metrics (each worker counts
+//! in its own blocks, see [`crate::metrics`]); the control plane talks to it through [`DataPath`]:
+//! the table it publishes and `shutdown()`.
 //!
 //! Files: `listener` (sockets), `worker` (ring set-up, event loop, accepts, timers), `proxy`
 //! (connect chain, splicing, teardown), `flow` (one direction's pure state machine), `pipes` and
@@ -28,6 +29,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::config::{Config, SpliceMode};
+use crate::metrics::Metrics;
 use crate::table::SharedTable;
 
 /// State shared by every worker: limits, live counters and the shutdown flag. Written rarely
@@ -127,7 +129,12 @@ impl DataPath {
 
     /// Starts the workers on bound listeners. Rings are created here, in the worker threads, so
     /// after any privilege drop: io_uring's kernel threads keep the credentials of their creator.
-    pub fn start(config: &Config, listeners: Listeners, table: SharedTable) -> Result<DataPath, DataPathError> {
+    pub fn start(
+        config: &Config,
+        listeners: Listeners,
+        table: SharedTable,
+        metrics: &Metrics,
+    ) -> Result<DataPath, DataPathError> {
         let Listeners { per_worker_fds, bound } = listeners;
         let workers = per_worker_fds.len();
         let shared = Arc::new(Shared {
@@ -158,6 +165,7 @@ impl DataPath {
                 table: table.clone(),
                 shared: shared.clone(),
                 max_connections: config.runtime.max_connections,
+                stats: metrics.worker(id),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("ringlb-w{id}"))
