@@ -120,7 +120,7 @@ fn run(path: &Path) -> Result<(), String> {
     let config = config::load(path).map_err(|e| e.to_string())?;
     // The prober publishes the first table (initial server states) and is its only writer.
     let metrics = std::sync::Arc::new(ringlb::metrics::Metrics::new(&config));
-    let prober = Prober::new(&config);
+    let prober = Prober::new(&config, &metrics);
     let table = prober.table();
     let listeners = DataPath::bind(&config).map_err(|e| e.to_string())?;
     if let Some(user) = &config.runtime.user {
