@@ -300,11 +300,18 @@ struct ServerCells {
 #[derive(Debug)]
 pub struct ServerStats {
     slots: Box<[ServerCells]>,
-    /// The prober's: a [`HealthView`] as u8.
+    prober: ProberCells,
+}
+
+/// What the prober writes, on lines of its own: workers read the `slots` pointer beside it on
+/// every count, and a check result must not take that line from their caches.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct ProberCells {
+    /// A [`HealthView`] as u8.
     health: AtomicU8,
-    /// The prober's: transitions to up, to down.
+    /// Transitions to up, to down.
     transitions: [AtomicU64; 2],
-    /// The prober's.
     checks: HistogramCells,
 }
 
@@ -323,9 +330,7 @@ impl ServerStats {
     pub fn new(workers: usize) -> ServerStats {
         ServerStats {
             slots: (0..workers.max(1)).map(|_| ServerCells::default()).collect(),
-            health: AtomicU8::new(HealthView::Up as u8),
-            transitions: Default::default(),
-            checks: HistogramCells::default(),
+            prober: ProberCells { health: AtomicU8::new(HealthView::Up as u8), ..ProberCells::default() },
         }
     }
 
@@ -367,21 +372,21 @@ impl ServerStats {
 
     /// The prober: one active check took `took`.
     pub fn record_check(&self, took: Duration) {
-        self.checks.record(&super::names::CHECK_DURATION_BOUNDS, took);
+        self.prober.checks.record(&super::names::CHECK_DURATION_BOUNDS, took);
     }
 
     /// The prober: the server's health now.
     pub fn set_health(&self, health: HealthView) {
-        self.health.store(health as u8, Relaxed);
+        self.prober.health.store(health as u8, Relaxed);
     }
 
     /// The prober: the health changed to up (`true`) or down.
     pub fn transition(&self, up: bool) {
-        add(&self.transitions[usize::from(!up)], 1);
+        add(&self.prober.transitions[usize::from(!up)], 1);
     }
 
     pub fn health(&self) -> HealthView {
-        match self.health.load(Relaxed) {
+        match self.prober.health.load(Relaxed) {
             h if h == HealthView::Up as u8 => HealthView::Up,
             h if h == HealthView::Down as u8 => HealthView::Down,
             _ => HealthView::Unknown,
@@ -390,12 +395,12 @@ impl ServerStats {
 
     /// Transitions (to up, to down).
     pub fn transitions(&self) -> (u64, u64) {
-        (self.transitions[0].load(Relaxed), self.transitions[1].load(Relaxed))
+        (self.prober.transitions[0].load(Relaxed), self.prober.transitions[1].load(Relaxed))
     }
 
     pub fn checks(&self) -> HistogramSnapshot {
         let mut snapshot = HistogramSnapshot::default();
-        self.checks.read_into(&mut snapshot);
+        self.prober.checks.read_into(&mut snapshot);
         snapshot
     }
 
@@ -495,6 +500,7 @@ mod tests {
         assert_eq!(std::mem::align_of::<PoolCells>(), 64);
         assert_eq!(std::mem::align_of::<ListenerCells>(), 64);
         assert_eq!(std::mem::align_of::<WorkerStats>(), 64);
+        assert_eq!(std::mem::align_of::<ProberCells>(), 64);
         let stats = ServerStats::new(2);
         let a = stats.slot(0) as *const ServerCells as usize;
         let b = stats.slot(1) as *const ServerCells as usize;
