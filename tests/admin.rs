@@ -117,6 +117,10 @@ async fn a_drained_server_takes_no_new_connections_while_its_open_one_finishes()
     assert_eq!(s.count("ringlb_server_connections_active", &labels), 1);
     assert_eq!(s.count("ringlb_server_state", &[labels[0], labels[1], ("state", "draining")]), 1);
     assert_eq!(s.count("ringlb_server_effective_weight", &labels), 0);
+    // Its client and backend sockets are direct descriptors (the gauge is sampled every 100 ms).
+    wait_for(Duration::from_secs(5), "the open connection's descriptors counted", || {
+        (scrape(admin).sum("ringlb_worker_direct_descriptors") >= 2.0).then_some(())
+    });
     drop(open);
 
     // Disabled: no new connections either; enabled: it gets its share again.

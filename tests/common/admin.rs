@@ -81,6 +81,17 @@ impl Scrape {
         }
     }
 
+    /// The sum of every series of `name`.
+    pub fn sum(&self, name: &str) -> f64 {
+        self.0
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.rsplit_once(' '))
+            .filter(|(series, _)| series.split('{').next() == Some(name))
+            .filter_map(|(_, value)| value.parse::<f64>().ok())
+            .sum()
+    }
+
     /// `value`, as a count.
     pub fn count(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         let value = self.value(name, labels);
