@@ -11,7 +11,7 @@ use ringlb::admin::{self, AdminContext, AdminListener, Status};
 use ringlb::config;
 use ringlb::control::pidfile::{self, PidFile};
 use ringlb::control::signals::{self, Signal};
-use ringlb::control::{hostcheck, privdrop};
+use ringlb::control::{hostcheck, privdrop, reload};
 use ringlb::datapath::DataPath;
 use ringlb::health::Prober;
 use ringlb::metrics::Metrics;
@@ -203,10 +203,10 @@ fn preflight(config: &config::Config) -> Result<(), String> {
 /// `ringlb run`: start the workers, then serve signals until a clean stop.
 fn run(path: &Path) -> Result<(), String> {
     signals::install().map_err(|e| format!("cannot set up signals: {e}"))?;
-    let config = config::load(path).map_err(|e| e.to_string())?;
+    let mut config = config::load(path).map_err(|e| e.to_string())?;
     let metrics = Arc::new(Metrics::new(&config));
     // The prober publishes the first table (initial server states) and is its only writer.
-    let prober = Prober::new(&config, &metrics);
+    let prober = Prober::new(&config, &metrics).map_err(|e| e.to_string())?;
     let table = prober.table();
     let listeners = DataPath::bind(&config).map_err(|e| e.to_string())?;
     let admin = AdminListener::bind(config.admin.bind).map_err(|e| e.to_string())?;
@@ -216,7 +216,8 @@ fn run(path: &Path) -> Result<(), String> {
     preflight(&config)?;
     // After the privilege drop, so that the account ringlb runs as can remove it at exit.
     let pid_file = config.runtime.pid_file.as_deref().map(PidFile::create).transpose().map_err(|e| e.to_string())?;
-    let datapath = DataPath::start(&config, listeners, table.clone(), &metrics).map_err(|e| e.to_string())?;
+    let mut datapath =
+        DataPath::start(&config, listeners, table.clone(), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
     let status = Arc::new(Status::default());
     let servers = prober.control();
     let prober = prober.spawn().map_err(|e| e.to_string())?;
@@ -229,6 +230,14 @@ fn run(path: &Path) -> Result<(), String> {
     for p in &config.pools {
         let servers: Vec<String> = p.servers.iter().map(|s| format!("{} ({})", s.name, s.resolved)).collect();
         info!("pool {}: {} over {} servers: {}", p.name, p.balance.name(), p.servers.len(), servers.join(", "));
+    }
+    let wanted = u64::from(config.runtime.max_connections);
+    if datapath.capacity < wanted {
+        warn!(
+            "the {} workers can hold {} connections, below runtime.max_connections = {wanted}: each worker's \
+             io_uring file table is capped by RLIMIT_NOFILE; raise it (LimitNOFILE) or add workers",
+            config.runtime.workers, datapath.capacity
+        );
     }
     info!("admin listening on {} (/metrics, /live, /ready, /api/pools)", admin.addr());
     if let Some(file) = &pid_file {
@@ -248,7 +257,11 @@ fn run(path: &Path) -> Result<(), String> {
                 datapath.shutdown();
                 stopping = true;
             }
-            Some(Signal::Reload) => warn!("SIGHUP: configuration reload is not supported yet; ignored"),
+            Some(Signal::Reload) if !stopping => {
+                info!("SIGHUP: reloading {}", path.display());
+                config = reload::reload(path, config, &mut datapath, &prober);
+                metrics.set_config(&config);
+            }
             _ => {}
         }
         if datapath.any_finished() {

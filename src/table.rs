@@ -12,12 +12,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::channel::Sender;
 
-use crate::config::{Config, OnAllDown};
+use crate::balance::{Balancer, BuildError, Policy, ServerSpec};
+use crate::config::{Balance, Config, OnAllDown, PoolConfig};
 use crate::metrics::{PoolStats, ServerStats};
 
 #[derive(Debug)]
@@ -35,6 +36,11 @@ pub struct PoolTable {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub retries: u32,
+    /// How long a client may wait for a server slot when every server is at max_connections.
+    pub queue_timeout: Duration,
+    /// The policy over this snapshot's servers (indices = `servers` indices). Shares its
+    /// per-server connection counters with the previous snapshot's balancer, by server name.
+    pub balancer: Balancer,
     /// What new clients get when no server is usable.
     pub on_all_down: OnAllDown,
     /// No server of the pool is usable in this snapshot.
@@ -89,7 +95,8 @@ impl ServerEntry {
         self.state == ServerState::Up && self.weight > 0
     }
 
-    /// Its share of new connections now: its weight while usable, else 0.
+    /// Its share of new connections now: its weight while usable, else 0 (slow start is the
+    /// balancer's and not counted here).
     pub fn effective_weight(&self) -> u32 {
         if self.usable() {
             self.weight
@@ -111,6 +118,10 @@ pub struct PoolCounters {
     pub rejected: AtomicU64,
     /// Sent to a server whatever its health (`on_all_down = "fail-open"`).
     pub failed_open: AtomicU64,
+    /// Clients that waited because every server was at its max_connections.
+    pub queued: AtomicU64,
+    /// Of those, closed after `queue_timeout` without a slot.
+    pub queue_timeouts: AtomicU64,
 }
 
 /// How one connect attempt to a server ended, as a worker saw it.
@@ -154,8 +165,9 @@ pub struct PoolHandles {
 }
 
 impl PoolHandles {
-    /// Handles whose metric blocks are those `metrics` keeps for `pool` and its servers.
-    pub fn with_metrics(pool: &crate::config::PoolConfig, metrics: &crate::metrics::Metrics) -> PoolHandles {
+    /// Handles whose metric blocks are those `metrics` keeps for `pool` and its servers (by name,
+    /// so a reloaded pool gets the blocks it had).
+    pub fn with_metrics(pool: &PoolConfig, metrics: &crate::metrics::Metrics) -> PoolHandles {
         PoolHandles {
             stats: Some(metrics.pool(&pool.name)),
             servers: pool.servers.iter().map(|s| metrics.server(&pool.name, &s.name)).collect(),
@@ -187,52 +199,76 @@ impl PoolTable {
 
 impl BackendTable {
     /// Every server up, no passive detection: the table of a process without a prober.
-    pub fn from_config(config: &Config) -> BackendTable {
+    pub fn from_config(config: &Config) -> Result<BackendTable, TableError> {
         let handles = vec![PoolHandles::default(); config.pools.len()];
-        BackendTable::build(config, 0, &handles, |_, _| ServerState::Up)
+        BackendTable::build(config, 0, &handles, None, |_, _| (ServerState::Up, None))
     }
 
-    /// A snapshot of `config`'s pools with `handles[pool]` and `state(pool, server)`.
+    /// A snapshot of `config`'s pools with `handles[pool]` and `status(pool, server)` (state, and
+    /// when the server last came up, for slow start). Each pool's balancer carries the connection
+    /// counts of `previous`'s pool of the same name over to the new snapshot.
     pub fn build(
         config: &Config,
         version: u64,
         handles: &[PoolHandles],
-        state: impl Fn(usize, usize) -> ServerState,
-    ) -> BackendTable {
+        previous: Option<&BackendTable>,
+        status: impl Fn(usize, usize) -> (ServerState, Option<Instant>),
+    ) -> Result<BackendTable, TableError> {
         let workers = config.runtime.workers;
-        let pools = config
-            .pools
-            .iter()
-            .enumerate()
-            .map(|(p, pool)| {
-                let handles = handles.get(p).cloned().unwrap_or_default();
-                let servers: Vec<ServerEntry> = pool
-                    .servers
-                    .iter()
-                    .enumerate()
-                    .map(|(s, server)| ServerEntry {
-                        name: server.name.clone(),
-                        addr: server.resolved,
-                        weight: server.weight,
-                        state: state(p, s),
-                        stats: handles.servers.get(s).cloned().unwrap_or_else(|| Arc::new(ServerStats::new(workers))),
-                    })
-                    .collect();
-                PoolTable {
-                    name: pool.name.clone(),
-                    connect_timeout: pool.connect_timeout,
-                    idle_timeout: pool.idle_timeout,
-                    retries: pool.retries,
-                    on_all_down: pool.health.on_all_down,
-                    all_down: !servers.iter().any(ServerEntry::usable),
-                    passive: handles.passive,
-                    counters: handles.counters,
-                    stats: handles.stats.unwrap_or_else(|| Arc::new(PoolStats::new(workers))),
-                    servers,
-                }
-            })
-            .collect();
-        BackendTable { pools, version }
+        let mut pools = Vec::with_capacity(config.pools.len());
+        for (p, pool) in config.pools.iter().enumerate() {
+            let handles = handles.get(p).cloned().unwrap_or_default();
+            let statuses: Vec<(ServerState, Option<Instant>)> = (0..pool.servers.len()).map(|s| status(p, s)).collect();
+            let servers: Vec<ServerEntry> = pool
+                .servers
+                .iter()
+                .zip(&statuses)
+                .enumerate()
+                .map(|(s, (server, &(state, _)))| ServerEntry {
+                    name: server.name.clone(),
+                    addr: server.resolved,
+                    weight: server.weight,
+                    state,
+                    stats: handles.servers.get(s).cloned().unwrap_or_else(|| Arc::new(ServerStats::new(workers))),
+                })
+                .collect();
+            let all_down = !servers.iter().any(ServerEntry::usable);
+            let fail_open = all_down && pool.health.on_all_down == OnAllDown::FailOpen;
+            let specs: Vec<ServerSpec> = pool
+                .servers
+                .iter()
+                .zip(&statuses)
+                .map(|(server, &(state, up_since))| ServerSpec {
+                    name: server.name.clone(),
+                    addr: server.resolved,
+                    weight: server.weight,
+                    backup: server.backup,
+                    max_connections: server.max_connections,
+                    slow_start: server.slow_start,
+                    // Failing open ignores health, never an operator's drain.
+                    up: state == ServerState::Up || (fail_open && state == ServerState::Down),
+                    up_since,
+                })
+                .collect();
+            let before = previous.and_then(|t| t.pools.iter().find(|old| old.name == pool.name));
+            let balancer = Balancer::build(policy(pool), &specs, before.map(|old| &old.balancer))
+                .map_err(|source| TableError { pool: pool.name.clone(), source })?;
+            pools.push(PoolTable {
+                name: pool.name.clone(),
+                connect_timeout: pool.connect_timeout,
+                idle_timeout: pool.idle_timeout,
+                retries: pool.retries,
+                queue_timeout: pool.queue_timeout,
+                balancer,
+                on_all_down: pool.health.on_all_down,
+                all_down,
+                passive: handles.passive,
+                counters: handles.counters,
+                stats: handles.stats.unwrap_or_else(|| Arc::new(PoolStats::new(workers))),
+                servers,
+            });
+        }
+        Ok(BackendTable { pools, version })
     }
 
     pub fn pool_index(&self, name: &str) -> Option<usize> {
@@ -246,6 +282,25 @@ impl BackendTable {
         let report = ConnectReport { version: self.version, pool: pool as u32, server: server as u32, outcome };
         // Full (the prober is behind) or disconnected (it stopped): either way nothing to do.
         let _ = passive.0.try_send(report);
+    }
+}
+
+/// A pool whose servers the balancing policy refuses (validation keeps this from happening).
+#[derive(Debug, thiserror::Error)]
+#[error("pool {pool}: {source}")]
+pub struct TableError {
+    pub pool: String,
+    pub source: BuildError,
+}
+
+/// The balancing policy a pool's config asks for.
+fn policy(pool: &PoolConfig) -> Policy {
+    match pool.balance {
+        Balance::RoundRobin => Policy::RoundRobin,
+        Balance::LeastConn => Policy::LeastConn,
+        Balance::SourceHash => Policy::SourceHash { table_size: pool.hash_table_size },
+        Balance::RandomTwo => Policy::RandomTwo,
+        Balance::First => Policy::First,
     }
 }
 
@@ -269,7 +324,7 @@ mod tests {
 
     fn table(on_all_down: &str, states: [ServerState; 3]) -> BackendTable {
         let handles = [PoolHandles::default()];
-        BackendTable::build(&config(on_all_down), 1, &handles, |_, s| states[s])
+        BackendTable::build(&config(on_all_down), 1, &handles, None, |_, s| (states[s], None)).expect("valid pool")
     }
 
     fn eligible(table: &BackendTable) -> Vec<bool> {
@@ -306,7 +361,7 @@ mod tests {
         let handles = [PoolHandles::default()];
         let config = config("reject");
         for version in 1..=3 {
-            let t = BackendTable::build(&config, version, &handles, |_, _| Down);
+            let t = BackendTable::build(&config, version, &handles, None, |_, _| (Down, None)).expect("valid pool");
             t.pools[0].count_all_down();
         }
         assert_eq!(handles[0].counters.rejected.load(Ordering::Relaxed), 3);
@@ -320,7 +375,8 @@ mod tests {
     fn reports_carry_the_snapshot_version_and_never_block() {
         let (sender, receiver) = crossbeam::channel::bounded(1);
         let handles = [PoolHandles { passive: Some(PassiveReports::new(sender)), ..PoolHandles::default() }];
-        let t = BackendTable::build(&config("reject"), 7, &handles, |_, _| ServerState::Up);
+        let t = BackendTable::build(&config("reject"), 7, &handles, None, |_, _| (ServerState::Up, None))
+            .expect("valid pool");
         t.report_connect(0, 2, ConnectOutcome::Failed(libc::ECONNREFUSED));
         // The channel is full: dropped, not blocked on.
         t.report_connect(0, 1, ConnectOutcome::Connected);

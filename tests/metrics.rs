@@ -195,3 +195,42 @@ async fn the_scrape_passes_promtool_and_every_declared_metric_is_in_it_and_in_th
         assert!(ringlb::metrics::names::ALL.iter().any(|d| d.name == name), "{name} is not declared in metrics::names");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_carry_over_a_reload_and_the_config_digest_follows_it() {
+    use sha2::{Digest, Sha256};
+    let echo = EchoServer::start().await;
+    let mut lb = TestConfig::single(PoolSpec::new("back", &[echo.addr])).start();
+    for i in 0..5 {
+        exchange(lb.addr(), i, 100).await;
+    }
+    // The same pool and server, and a second listener.
+    let text = std::fs::read_to_string(lb.config_path()).expect("config")
+        + "[listeners.extra]\nbind = \"127.0.0.1:0\"\npool = \"back\"\n";
+    let digest: String = Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    lb.reload_with(&text);
+    let line = lb.wait_for_log("listener extra bound");
+    let extra = common::parse_listener_line(&line).expect("the new listener's line").addr;
+    lb.wait_for_log("reloaded ");
+    for i in 5..10 {
+        exchange(lb.addr_of("front"), i, 100).await;
+    }
+    for i in 10..13 {
+        exchange(extra, i, 100).await;
+    }
+    let s = tokio::task::spawn_blocking(move || {
+        settled(&lb, 10);
+        wait_for(Duration::from_secs(10), "the extra listener's connections closed", || {
+            let s = scrape(lb.admin_addr());
+            (s.count("ringlb_listener_connections_closed_total", &[("listener", "extra"), ("cause", "done")]) == 3)
+                .then_some(s)
+        })
+    })
+    .await
+    .expect("scrape");
+    let server = echo.addr.to_string();
+    assert_eq!(s.count("ringlb_server_connections_total", &[("pool", "back"), ("server", server.as_str())]), 13);
+    assert_eq!(s.count("ringlb_listener_connections_accepted_total", &[("listener", "extra")]), 3);
+    assert_eq!(s.count("ringlb_config_reloads_total", &[("result", "ok")]), 1);
+    assert_eq!(s.count("ringlb_config_info", &[("sha256", digest.as_str())]), 1);
+}

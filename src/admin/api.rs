@@ -177,7 +177,7 @@ mod tests {
         }
         let config = crate::config::parse(&text, Path::new("x.toml")).expect("valid");
         let handles = vec![PoolHandles::default(); states.len()];
-        BackendTable::build(&config, 1, &handles, |p, s| states[p][s])
+        BackendTable::build(&config, 1, &handles, None, |p, s| (states[p][s], None)).expect("valid pools")
     }
 
     #[test]

@@ -381,8 +381,8 @@ fn unknown_keys_name_their_table_and_the_expected_keys() {
     );
     assert_eq!(
         error(&format!("{MINIMAL}weight = 1\nport = 80\n")),
-        "x.toml:9:1: unknown key `port` in pools.web.servers[0], expected one of addr, weight, name, check, \
-         check_port"
+        "x.toml:9:1: unknown key `port` in pools.web.servers[0], expected one of addr, weight, name, \
+         backup, max_connections, slow_start, check, check_port"
     );
     assert_eq!(
         error(&format!("[runtime]\nworker = 1\n{MINIMAL}")),
@@ -402,12 +402,12 @@ fn unknown_keys_name_their_table_and_the_expected_keys() {
     // A key that is not printable is escaped, keeping the message on one line.
     assert_eq!(
         error(&format!("{MINIMAL}\"a\\nb\" = 1\n")),
-        r#"x.toml:8:1: unknown key `"a\nb"` in pools.web.servers[0], expected one of addr, weight, name, check, check_port"#
+        r#"x.toml:8:1: unknown key `"a\nb"` in pools.web.servers[0], expected one of addr, weight, name, backup, max_connections, slow_start, check, check_port"#
     );
     assert_eq!(
         error("pools.p.servers = [{ addr = \"127.0.0.1:1\" }, { adr = \"x\" }]\n"),
-        "x.toml:1:48: unknown key `adr` in pools.p.servers[1], expected one of addr, weight, name, check, \
-         check_port"
+        "x.toml:1:48: unknown key `adr` in pools.p.servers[1], expected one of addr, weight, name, \
+         backup, max_connections, slow_start, check, check_port"
     );
 }
 
@@ -524,13 +524,15 @@ fn integers_are_range_checked() {
         error(&MINIMAL.replace("pool = \"web\"\n", "pool = \"web\"\nmax_connections = 0\n")),
         "x.toml:4:19: listeners.web.max_connections: must be between 1 and 4294967295, got 0"
     );
+    // 0 is a valid weight: the server keeps its connections and gets no new one.
+    assert_eq!(ok(&format!("{MINIMAL}weight = 0\n")).pools[0].servers[0].weight, 0);
     assert_eq!(
-        error(&format!("{MINIMAL}weight = 0\n")),
-        "x.toml:8:10: pools.web.servers[0].weight: must be between 1 and 256, got 0"
+        error(&format!("{MINIMAL}max_connections = -1\n")),
+        "x.toml:8:19: pools.web.servers[0].max_connections: must be between 0 and 4294967295, got -1"
     );
     assert_eq!(
         error(&format!("{MINIMAL}weight = 257\n")),
-        "x.toml:8:10: pools.web.servers[0].weight: must be between 1 and 256, got 257"
+        "x.toml:8:10: pools.web.servers[0].weight: must be between 0 and 256, got 257"
     );
     assert_eq!(
         error(&format!("[runtime]\nworkers = -1\n{MINIMAL}")),
@@ -588,7 +590,7 @@ fn names_and_balance_are_checked() {
     );
     assert_eq!(
         error(&MINIMAL.replace("[pools.web]\n", "[pools.web]\nbalance = \"random\"\n")),
-        r#"x.toml:6:11: pools.web.balance: unknown balance "random", expected round-robin"#
+        r#"x.toml:6:11: pools.web.balance: unknown balance "random", expected round-robin, least-conn, source-hash, random-two or first"#
     );
 }
 
@@ -617,7 +619,7 @@ fn at_least_one_listener() {
 #[test]
 fn the_earliest_problem_in_the_file_is_reported() {
     // The listener (checked last) has the earlier problem.
-    let text = format!("{}{}", MINIMAL.replace("pool = \"web\"", "pool = \"nope\""), "weight = 0\n");
+    let text = format!("{}{}", MINIMAL.replace("pool = \"web\"", "pool = \"nope\""), "weight = 300\n");
     assert_eq!(error(&text), r#"x.toml:3:8: listeners.web.pool: no pool named "nope""#);
 }
 

@@ -22,6 +22,7 @@ use super::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_RETRIES, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WEIGHT, DEFAULT_WORKERS, MAX_RETRIES,
     MAX_WEIGHT, MAX_WORKERS,
 };
+use super::{DEFAULT_HASH_TABLE_SIZE, DEFAULT_QUEUE_TIMEOUT, MAX_HASH_TABLE_SIZE, MAX_SERVERS};
 
 /// The longest listener or pool name; names end up in logs and metric labels.
 const MAX_NAME_LEN: usize = 64;
@@ -233,7 +234,9 @@ impl Checker<'_> {
         self.name(name, &key, MAX_NAME_LEN, NAME_RULE, is_name_char);
         let balance = match &pool.balance {
             None => DEFAULT_BALANCE,
-            Some(text) if text.get_ref() == Balance::RoundRobin.name() => Balance::RoundRobin,
+            Some(text) if Balance::ALL.iter().any(|b| b.name() == text.get_ref()) => {
+                Balance::ALL.into_iter().find(|b| b.name() == text.get_ref()).unwrap_or(DEFAULT_BALANCE)
+            }
             Some(text) => {
                 let problem = Problem::UnknownBalance { key: key.key("balance"), text: text.get_ref().clone() };
                 self.fail(text.span().start, problem);
@@ -245,6 +248,21 @@ impl Checker<'_> {
         let idle_timeout =
             self.duration(&pool.idle_timeout, key.key("idle_timeout"), false).unwrap_or(DEFAULT_IDLE_TIMEOUT);
         let retries = self.int(&pool.retries, key.key("retries"), 0, MAX_RETRIES).unwrap_or(DEFAULT_RETRIES);
+        let queue_timeout =
+            self.duration(&pool.queue_timeout, key.key("queue_timeout"), true).unwrap_or(DEFAULT_QUEUE_TIMEOUT);
+        let hash_table_size = match self.int(&pool.hash_table_size, key.key("hash_table_size"), 2, MAX_HASH_TABLE_SIZE)
+        {
+            Some(size) if !is_prime(size) => {
+                let offset = pool.hash_table_size.as_ref().map_or(0, |v| v.span().start);
+                self.fail(offset, Problem::NotPrime { key: key.key("hash_table_size"), value: size });
+                DEFAULT_HASH_TABLE_SIZE
+            }
+            size => size.unwrap_or(DEFAULT_HASH_TABLE_SIZE),
+        };
+        if pool.servers.len() > MAX_SERVERS {
+            let problem = Problem::TooManyServers { pool: key.clone(), count: pool.servers.len(), max: MAX_SERVERS };
+            self.fail(name.span().start, problem);
+        }
         let health = self.health(pool.health.as_deref(), &key.key("health"));
 
         if pool.servers.is_empty() {
@@ -275,7 +293,17 @@ impl Checker<'_> {
             }
             servers.push(name);
         }
-        PoolConfig { name: name.get_ref().clone(), balance, connect_timeout, idle_timeout, retries, health, servers }
+        PoolConfig {
+            name: name.get_ref().clone(),
+            balance,
+            connect_timeout,
+            idle_timeout,
+            retries,
+            queue_timeout,
+            hash_table_size,
+            health,
+            servers,
+        }
     }
 
     /// A validated server and the offset of the text its name comes from (the `name` value, or
@@ -283,7 +311,7 @@ impl Checker<'_> {
     fn server(&mut self, server: &RawServer, key: &KeyPath, resolve: Resolve) -> Option<(ServerConfig, usize)> {
         let weight = match &server.weight {
             None => Some(DEFAULT_WEIGHT),
-            Some(_) => self.int(&server.weight, key.key("weight"), 1, MAX_WEIGHT),
+            Some(_) => self.int(&server.weight, key.key("weight"), 0, MAX_WEIGHT),
         };
         let (name, name_offset) = match &server.name {
             Some(name) => {
@@ -306,7 +334,20 @@ impl Checker<'_> {
         let check = server.check.as_ref().map_or(true, |check| *check.get_ref());
         // An invalid port is recorded as a problem; the config is refused then.
         let check_port = self.int(&server.check_port, key.key("check_port"), 1, u16::MAX);
-        let server = ServerConfig { name, addr: addr.clone(), resolved: resolved?, weight: weight?, check, check_port };
+        let backup = server.backup.as_ref().is_some_and(|b| *b.get_ref());
+        let max_connections = self.int(&server.max_connections, key.key("max_connections"), 0, u32::MAX).unwrap_or(0);
+        let slow_start = self.duration(&server.slow_start, key.key("slow_start"), true).unwrap_or(Duration::ZERO);
+        let server = ServerConfig {
+            name,
+            addr: addr.clone(),
+            resolved: resolved?,
+            weight: weight?,
+            backup,
+            max_connections,
+            slow_start,
+            check,
+            check_port,
+        };
         Some((server, name_offset))
     }
 
@@ -392,4 +433,8 @@ fn is_host_name(host: &str) -> bool {
                 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     labels_ok && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+fn is_prime(n: u32) -> bool {
+    n >= 2 && (2..).take_while(|d: &u32| u64::from(*d) * u64::from(*d) <= u64::from(n)).all(|d| n % d != 0)
 }

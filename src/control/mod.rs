@@ -5,4 +5,5 @@
 pub mod hostcheck;
 pub mod pidfile;
 pub mod privdrop;
+pub mod reload;
 pub mod signals;

@@ -9,10 +9,10 @@
 //! reused while the kernel may still touch it.
 //!
 //! Counting (see `crate::metrics`): a connect outcome, each chunk of bytes delivered, and each close
-//! are counted in this worker's slot of the server's and pool's blocks, and in the worker's own
-//! block for the listener: relaxed adds on lines no other worker writes.
+//! are counted in this worker's slot of the listener's, server's and pool's blocks: relaxed adds on
+//! lines no other worker writes.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use super::flow::{Flow, Mode, Outcome, Step};
 use super::ops::{self, Op};
 use super::pipes::Pipe;
 use super::worker::Worker;
+use crate::balance::{ExcludeSet, Pick};
 use crate::config::SpliceMode;
 pub use crate::metrics::CloseCause;
 use crate::metrics::{ConnectFailure, Direction};
@@ -36,6 +37,8 @@ static ONE: libc::c_int = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Free,
+    /// Every server is at its max_connections: waiting for a slot (up to `queue_timeout`).
+    Queued,
     Connecting,
     Proxying,
     Closing,
@@ -58,8 +61,13 @@ pub struct Conn {
     pool: usize,
     pub table: Option<Arc<BackendTable>>,
     server: usize,
-    tried: Vec<usize>,
+    /// The server whose slot this connection holds in its pool's balancer (released once).
+    reserved: Option<usize>,
+    exclude: ExcludeSet,
+    attempts: u32,
     attempts_left: u32,
+    client_ip: IpAddr,
+    pub queued_until: Option<Instant>,
     client: u32,
     backend_open: bool,
     inflight: u32,
@@ -89,8 +97,12 @@ impl Conn {
             pool: 0,
             table: None,
             server: 0,
-            tried: Vec::new(),
+            reserved: None,
+            exclude: ExcludeSet::new(),
+            attempts: 0,
             attempts_left: 0,
+            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            queued_until: None,
             client: 0,
             backend_open: false,
             inflight: 0,
@@ -120,19 +132,19 @@ impl Default for Conn {
 impl Worker {
     /// A client was accepted into registered slot `client`; it is already counted against the
     /// limits (see `Shared::try_reserve`).
-    pub fn open_connection(&mut self, listener: usize, client: u32) {
+    pub fn open_connection(&mut self, listener: usize, client: u32, client_ip: IpAddr) {
         let shared = self.shared.clone();
         self.live += 1;
         let Some(slot) = self.alloc_slot() else {
             // The slab is as large as the accept range, so this cannot happen; close rather than leak.
             self.push(&[close_entry(client)]);
             self.live -= 1;
-            shared.release(listener);
-            self.stats.closed(listener, CloseCause::NoServer);
+            shared.release(&self.acceptors[listener].listener);
+            self.listener_stats(listener).closed(self.id, CloseCause::NoServer);
             return;
         };
         let table = self.table.load_full();
-        let pool = table.pool_index(&shared.listeners[listener].pool);
+        let pool = table.pool_index(&self.acceptors[listener].listener.pool.load());
         let now = self.now;
         let c = &mut self.conns[slot as usize];
         c.phase = Phase::Connecting;
@@ -140,7 +152,7 @@ impl Worker {
         c.client = client;
         c.backend_open = false;
         c.inflight = 0;
-        let (mode, auto) = match shared.splice {
+        let (mode, auto) = match shared.splice_mode() {
             SpliceMode::Auto => (Mode::Copy, true),
             SpliceMode::Always => (Mode::Splice, false),
             SpliceMode::Never => (Mode::Copy, false),
@@ -148,7 +160,11 @@ impl Worker {
         c.flows = [Flow::new(mode, auto), Flow::new(mode, auto)];
         c.pipes = [None, None];
         c.bufs = [None, None];
-        c.tried.clear();
+        c.exclude.clear();
+        c.attempts = 0;
+        c.reserved = None;
+        c.queued_until = None;
+        c.client_ip = client_ip;
         c.last_active = now;
         c.opened = now;
         c.connected = false;
@@ -170,39 +186,62 @@ impl Worker {
         self.connect_next(slot);
     }
 
-    /// Round robin over the pool's eligible servers (usable ones, or every one when all are down
-    /// and the pool fails open), skipping those already tried.
-    fn pick(&mut self, slot: u32) -> Option<usize> {
+    /// Asks the pool's balancer for a server outside the ones already tried; `Server` reserves a
+    /// slot on it, which `release_server` gives back.
+    fn pick(&mut self, slot: u32) -> Pick {
         let c = &self.conns[slot as usize];
-        let table = c.table.as_ref()?;
-        let pool = &table.pools[c.pool];
-        let n = pool.servers.len();
-        let cursor = self.rr.get(c.pool).copied().unwrap_or(0);
-        let pick = (0..n).map(|i| (cursor + i) % n).find(|&i| pool.eligible(i) && !c.tried.contains(&i))?;
-        if let Some(r) = self.rr.get_mut(c.pool) {
-            *r = pick + 1;
+        let Some(table) = c.table.as_ref() else { return Pick::NoneUsable };
+        let pool = c.pool;
+        if self.balance.len() <= pool {
+            let id = self.id as u64;
+            self.balance.resize_with(pool + 1, || crate::balance::WorkerBalanceState::new(id));
         }
-        Some(pick)
+        table.pools[pool].balancer.select(&mut self.balance[pool], c.client_ip, &c.exclude, self.now)
     }
 
-    /// Submits the linked chain socket -> setsockopt x2 -> connect (+ link timeout) to the next
-    /// server, or closes the client when no attempt or server is left.
+    /// Gives back the connection's server slot (after a failed connect, or at close).
+    fn release_server(&mut self, slot: u32) {
+        let now = self.now;
+        let c = &mut self.conns[slot as usize];
+        if let (Some(server), Some(table)) = (c.reserved.take(), c.table.as_ref()) {
+            table.pools[c.pool].balancer.release(server, now);
+        }
+    }
+
+    /// Connects to the next server the balancer picks, queues the client when every server is
+    /// full, or closes it when no attempt or server is left.
     fn connect_next(&mut self, slot: u32) {
-        let attempts_left = self.conns[slot as usize].attempts_left;
-        let server = if attempts_left > 0 { self.pick(slot) } else { None };
-        let Some(server) = server else {
-            let cause = if self.conns[slot as usize].tried.is_empty() {
-                CloseCause::NoServer
-            } else {
-                CloseCause::ConnectFailed
-            };
-            self.begin_close(slot, cause);
-            return;
+        let c = &self.conns[slot as usize];
+        let pick = if c.attempts_left > 0 { self.pick(slot) } else { Pick::NoneUsable };
+        let c = &mut self.conns[slot as usize];
+        let server = match pick {
+            Pick::Server(server) => server,
+            Pick::AllFull => {
+                if c.queued_until.is_none() {
+                    let timeout = c.table.as_ref().map_or(Duration::ZERO, |t| t.pools[c.pool].queue_timeout);
+                    c.queued_until = Some(self.now + timeout);
+                    if let Some(t) = c.table.as_ref() {
+                        t.pools[c.pool].counters.queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                c.phase = Phase::Queued;
+                let gen = c.gen;
+                self.queue.push_back((slot, gen));
+                return;
+            }
+            Pick::NoneUsable => {
+                let cause = if c.attempts == 0 { CloseCause::NoServer } else { CloseCause::ConnectFailed };
+                self.begin_close(slot, cause);
+                return;
+            }
         };
+        c.phase = Phase::Connecting;
+        c.reserved = Some(server);
+        c.exclude.insert(server);
+        c.attempts += 1;
         let backend = self.layout.backend_slot(slot);
         let c = &mut self.conns[slot as usize];
         c.attempts_left -= 1;
-        c.tried.push(server);
         c.server = server;
         let Some(table) = c.table.as_ref() else { return };
         let addr = table.pools[c.pool].servers[server].addr;
@@ -293,7 +332,7 @@ impl Worker {
         }
         if let Some(server) = server_entry(c) {
             let worker = self.id;
-            if c.tried.len() > 1 {
+            if c.attempts > 1 {
                 server.stats.retried(worker);
             }
             match outcome {
@@ -324,6 +363,7 @@ impl Worker {
         let now = self.now;
         let id = self.id;
         self.connect_log.warn(now, format_args!("worker {id}: connect to server {server} failed: {reason}"));
+        self.release_server(slot);
         if r.socket < 0 && matches!(-r.socket, libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS) {
             // Out of resources locally: another server will not help.
             self.begin_close(slot, CloseCause::ConnectFailed);
@@ -553,6 +593,27 @@ impl Worker {
         }
     }
 
+    /// Retries queued clients (a slot may have freed, here or in another worker) and closes those
+    /// whose `queue_timeout` has passed. Runs on every tick and after every local close.
+    pub fn process_queue(&mut self) {
+        for _ in 0..self.queue.len() {
+            let Some((slot, gen)) = self.queue.pop_front() else { return };
+            let c = &self.conns[slot as usize];
+            if c.gen != gen || c.phase != Phase::Queued {
+                continue;
+            }
+            if c.queued_until.is_some_and(|t| self.now >= t) {
+                if let Some(t) = c.table.as_ref() {
+                    t.pools[c.pool].counters.queue_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                self.begin_close(slot, CloseCause::QueueTimeout);
+                continue;
+            }
+            // Re-queues itself when still full.
+            self.connect_next(slot);
+        }
+    }
+
     /// Starts teardown: cancel everything on both sockets; `finish_close` runs at zero in flight.
     pub fn begin_close(&mut self, slot: u32, cause: CloseCause) {
         let backend = self.layout.backend_slot(slot);
@@ -560,6 +621,7 @@ impl Worker {
         if matches!(c.phase, Phase::Closing | Phase::Free) {
             return;
         }
+        // A queued client has nothing in flight; it leaves the queue lazily (phase check).
         debug!(worker = self.id, slot, ?cause, "closing");
         c.phase = Phase::Closing;
         c.cause = cause;
@@ -594,7 +656,7 @@ impl Worker {
                 server.stats.disconnected(worker);
             }
         }
-        self.stats.closed(listener, c.cause);
+        self.acceptors[listener].listener.stats.closed(worker, c.cause);
         let pipes = [c.pipes[0].take(), c.pipes[1].take()];
         let bufs = [c.bufs[0].take(), c.bufs[1].take()];
         let flows_empty = [c.flows[0].in_pipe == 0, c.flows[1].in_pipe == 0];
@@ -614,9 +676,11 @@ impl Worker {
             self.buffers.put(buf);
             self.wake_pipe_waiter();
         }
+        self.release_server(slot);
         self.release_slot(slot);
         self.live -= 1;
-        self.shared.release(listener);
+        self.shared.release(&self.acceptors[listener].listener);
+        self.process_queue();
         self.start_parked();
         self.update_accepts();
     }

@@ -35,7 +35,7 @@ use super::state::{Health, ServerHealth, Thresholds};
 use crate::config::{Config, HealthCheck, InitialState, OnAllDown};
 use crate::metrics::{HealthView, Metrics};
 use crate::table::{
-    BackendTable, ConnectOutcome, ConnectReport, PassiveReports, PoolHandles, ServerState, SharedTable,
+    BackendTable, ConnectOutcome, ConnectReport, PassiveReports, PoolHandles, ServerState, SharedTable, TableError,
 };
 
 /// How often the passive-report channel is drained: the longest a failure seen by traffic waits
@@ -58,6 +58,8 @@ pub enum HealthError {
     Runtime(io::Error),
     #[error("health prober: cannot start its thread: {0}")]
     Spawn(io::Error),
+    #[error("{0}")]
+    Table(#[from] TableError),
 }
 
 /// The prober, configured but not running: its initial table is already published, so the data
@@ -74,8 +76,15 @@ pub struct Prober {
 /// The running prober thread; stopped by [`RunningProber::stop`] or on drop.
 pub struct RunningProber {
     stop: Option<oneshot::Sender<()>>,
+    reload: mpsc::UnboundedSender<ReloadRequest>,
     thread: Option<JoinHandle<()>>,
 }
+
+/// A new configuration for the prober, and where to say whether its table was published.
+type ReloadRequest = (Config, std::sync::mpsc::Sender<Result<(), String>>);
+
+/// How long `RunningProber::reload` waits for the prober to publish.
+const RELOAD_WAIT: Duration = Duration::from_secs(5);
 
 /// One server's checks.
 struct CheckSpec {
@@ -97,19 +106,12 @@ struct CheckDone {
 
 impl Prober {
     /// The prober of `config`'s servers, which count in `metrics`' blocks.
-    pub fn new(config: &Config, metrics: &Metrics) -> Prober {
+    pub fn new(config: &Config, metrics: &Arc<Metrics>) -> Result<Prober, HealthError> {
         let (sender, reports) = crossbeam::channel::bounded(PASSIVE_CAPACITY);
-        let registry = Registry::new(config, PassiveReports::new(sender), metrics);
-        let mut checks = Vec::new();
-        for (p, pool) in config.pools.iter().enumerate() {
-            for (s, server) in pool.servers.iter().enumerate().filter(|(_, server)| server.check) {
-                let Some(probe) = Probe::new(&pool.health.check, &server.addr) else { continue };
-                let (interval, timeout) = (pool.health.interval, pool.health.timeout);
-                checks.push(CheckSpec { pool: p, server: s, probe, addr: server.check_addr(), interval, timeout });
-            }
-        }
+        let registry = Registry::new(config, PassiveReports::new(sender), metrics)?;
+        let checks = check_specs(config);
         let (control, commands) = ServerControl::channel();
-        Prober { registry, reports, checks, commands, control }
+        Ok(Prober { registry, reports, checks, commands, control })
     }
 
     /// The table the prober writes and the workers read.
@@ -134,28 +136,23 @@ impl Prober {
             }
         }
         let (stop, stopped) = oneshot::channel();
+        let (reload, reloads) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("ringlb-prober".to_owned())
-            .spawn(move || runtime.block_on(self.run(stopped)))
+            .spawn(move || runtime.block_on(self.run(stopped, reloads)))
             .map_err(HealthError::Spawn)?;
-        Ok(RunningProber { stop: Some(stop), thread: Some(thread) })
+        Ok(RunningProber { stop: Some(stop), reload, thread: Some(thread) })
     }
 
-    async fn run(self, mut stop: oneshot::Receiver<()>) {
+    async fn run(self, mut stop: oneshot::Receiver<()>, mut reloads: mpsc::UnboundedReceiver<ReloadRequest>) {
         let Prober { mut registry, reports, checks, mut commands, control } = self;
         // Commands come from the admin API's clones; this one only keeps the channel open.
         drop(control);
-        let any_checks = !checks.is_empty();
-        let any_passive = registry.handles.iter().any(|h| h.passive.is_some());
-        // Every task has at most one result in flight, so sends never wait.
-        let (done, mut results) = mpsc::channel(checks.len().max(1));
         let mut rng = Rng::from_clock();
         let mut tasks = JoinSet::new();
-        for spec in checks {
-            let first = spec.interval.mul_f64(rng.fraction());
-            tasks.spawn(check_loop(spec, first, Rng::new(rng.next()), done.clone()));
-        }
-        drop(done);
+        let mut results = start_checks(checks, &mut tasks, &mut rng);
+        let mut any_checks = !tasks.is_empty();
+        let mut any_passive = registry.handles.iter().any(|h| h.passive.is_some());
         let mut drain = tokio::time::interval(PASSIVE_DRAIN);
         drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut replies = Vec::new();
@@ -167,6 +164,20 @@ impl Prober {
                     while let Ok(next) = commands.try_recv() {
                         replies.push(registry.on_command(next));
                     }
+                }
+                Some((config, ack)) = reloads.recv() => {
+                    // Publish everything the current checks found first, then switch.
+                    registry.publish();
+                    let outcome = registry.reload(&config).map_err(|e| e.to_string());
+                    if outcome.is_ok() {
+                        tasks.shutdown().await;
+                        results = start_checks(check_specs(&config), &mut tasks, &mut rng);
+                        any_checks = !tasks.is_empty();
+                        any_passive = registry.handles.iter().any(|h| h.passive.is_some());
+                        // Reports about the old snapshot are ignored from now on.
+                        while reports.try_recv().is_ok() {}
+                    }
+                    let _ = ack.send(outcome);
                 }
                 Some(first) = results.recv(), if any_checks => {
                     registry.on_check(first);
@@ -190,7 +201,29 @@ impl Prober {
     }
 }
 
+/// Spawns one check loop per spec, each starting at a random point of its interval.
+fn start_checks(checks: Vec<CheckSpec>, tasks: &mut JoinSet<()>, rng: &mut Rng) -> mpsc::Receiver<CheckDone> {
+    // Every task has at most one result in flight, so sends never wait.
+    let (done, results) = mpsc::channel(checks.len().max(1));
+    for spec in checks {
+        let first = spec.interval.mul_f64(rng.fraction());
+        tasks.spawn(check_loop(spec, first, Rng::new(rng.next()), done.clone()));
+    }
+    results
+}
+
 impl RunningProber {
+    /// Hands the prober a new configuration and waits until it has published the new table
+    /// (servers that stay keep their health). An error leaves the running table as it was.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        let (ack, acked) = std::sync::mpsc::channel();
+        self.reload.send((config.clone(), ack)).map_err(|_| "the health prober has stopped".to_string())?;
+        match acked.recv_timeout(RELOAD_WAIT) {
+            Ok(outcome) => outcome,
+            Err(_) => Err("the health prober did not take the new configuration in time".to_string()),
+        }
+    }
+
     /// Stops the checks and waits for the thread.
     pub fn stop(mut self) {
         self.stop_and_join();
@@ -252,6 +285,66 @@ fn describe(pool: &crate::config::PoolConfig, checked: usize) -> String {
     )
 }
 
+/// The health records and shared handles of `config`'s pools, carried over from `old` for the
+/// servers and pools that stay; metric blocks come from `metrics` by name.
+fn records(
+    config: &Config,
+    passive: &PassiveReports,
+    old: Option<&Registry>,
+    metrics: &Metrics,
+) -> (Vec<PoolHandles>, Vec<PoolRecord>) {
+    let mut handles = Vec::new();
+    let mut pools = Vec::new();
+    for pool in &config.pools {
+        let h = &pool.health;
+        let active = h.check != HealthCheck::None;
+        let before = old.and_then(|r| {
+            let i = r.config.pools.iter().position(|p| p.name == pool.name)?;
+            Some((&r.config.pools[i], &r.pools[i], &r.handles[i]))
+        });
+        let servers: Vec<ServerRecord> = pool
+            .servers
+            .iter()
+            .map(|server| {
+                let checked = active && server.check;
+                let kept = before.and_then(|(old_pool, old_records, _)| {
+                    let i =
+                        old_pool.servers.iter().position(|o| o.name == server.name && o.resolved == server.resolved)?;
+                    let record = &old_records.servers[i];
+                    (record.checked == checked).then(|| record.clone())
+                });
+                kept.unwrap_or_else(|| {
+                    let health = ServerHealth::new(initial_health(pool, checked));
+                    ServerRecord { health, checked, admin: AdminState::Active, last_check: None, up_since: None }
+                })
+            })
+            .collect();
+        let counters = before.map(|(_, _, handles)| handles.counters.clone()).unwrap_or_default();
+        let passive = (h.passive_fall > 0).then(|| passive.clone());
+        let pool_handles = PoolHandles { passive, counters, ..PoolHandles::with_metrics(pool, metrics) };
+        for (record, stats) in servers.iter().zip(&pool_handles.servers) {
+            stats.set_health(record.health_view());
+        }
+        handles.push(pool_handles);
+        let thresholds = Thresholds { rise: h.rise, fall: h.fall, passive_fall: h.passive_fall };
+        pools.push(PoolRecord { thresholds, servers, all_down_since: None });
+    }
+    (handles, pools)
+}
+
+/// One check loop per checked server of `config`.
+fn check_specs(config: &Config) -> Vec<CheckSpec> {
+    let mut checks = Vec::new();
+    for (p, pool) in config.pools.iter().enumerate() {
+        for (s, server) in pool.servers.iter().enumerate().filter(|(_, server)| server.check) {
+            let Some(probe) = Probe::new(&pool.health.check, &server.addr) else { continue };
+            let (interval, timeout) = (pool.health.interval, pool.health.timeout);
+            checks.push(CheckSpec { pool: p, server: s, probe, addr: server.check_addr(), interval, timeout });
+        }
+    }
+    checks
+}
+
 /// What new clients of `pool` get while every server is down.
 fn all_down_policy(pool: &crate::config::PoolConfig) -> &'static str {
     match pool.health.on_all_down {
@@ -267,10 +360,16 @@ struct Registry {
     handles: Vec<PoolHandles>,
     pools: Vec<PoolRecord>,
     version: u64,
+    /// Passive reports about older snapshots are ignored: a reload may have moved the indices.
+    min_report_version: u64,
+    /// The sender handed to every pool with passive detection.
+    passive: PassiveReports,
     /// Transitions since the last publish, logged right after it.
     pending: Vec<Transition>,
     /// An operator command changed a server's state since the last publish.
     commanded: bool,
+    /// Where pools and servers (also those a reload adds) find their metric blocks.
+    metrics: Arc<Metrics>,
 }
 
 struct PoolRecord {
@@ -280,6 +379,7 @@ struct PoolRecord {
     all_down_since: Option<u64>,
 }
 
+#[derive(Clone)]
 struct ServerRecord {
     health: ServerHealth,
     /// False for `check = false` and pools without checks: always up, traffic reports ignored.
@@ -287,6 +387,8 @@ struct ServerRecord {
     /// What an operator set (see `commands`).
     admin: AdminState,
     last_check: Option<Duration>,
+    /// When the server last came back up (slow start ramps its weight from then).
+    up_since: Option<std::time::Instant>,
 }
 
 impl ServerRecord {
@@ -318,51 +420,72 @@ struct Transition {
 
 impl Registry {
     /// The health of every server before any check, published as the first table.
-    fn new(config: &Config, passive: PassiveReports, metrics: &Metrics) -> Registry {
-        let mut handles = Vec::new();
-        let mut pools = Vec::new();
-        for pool in &config.pools {
-            let h = &pool.health;
-            let active = h.check != HealthCheck::None;
-            let servers: Vec<ServerRecord> = pool
-                .servers
-                .iter()
-                .map(|server| {
-                    let checked = active && server.check;
-                    let health = ServerHealth::new(initial_health(pool, checked));
-                    ServerRecord { health, checked, admin: AdminState::Active, last_check: None }
-                })
-                .collect();
-            let passive = (h.passive_fall > 0).then(|| passive.clone());
-            let pool_handles = PoolHandles { passive, ..PoolHandles::with_metrics(pool, metrics) };
-            for (record, stats) in servers.iter().zip(&pool_handles.servers) {
-                stats.set_health(record.health_view());
-            }
-            handles.push(pool_handles);
-            let thresholds = Thresholds { rise: h.rise, fall: h.fall, passive_fall: h.passive_fall };
-            pools.push(PoolRecord { thresholds, servers, all_down_since: None });
-        }
+    fn new(config: &Config, passive: PassiveReports, metrics: &Arc<Metrics>) -> Result<Registry, HealthError> {
+        let (handles, pools) = records(config, &passive, None, metrics);
         let mut registry = Registry {
             config: config.clone(),
             table: Arc::new(ArcSwap::from_pointee(BackendTable { pools: Vec::new(), version: 0 })),
             handles,
             pools,
             version: FIRST_VERSION,
+            min_report_version: FIRST_VERSION,
+            passive,
             pending: Vec::new(),
             commanded: false,
+            metrics: Arc::clone(metrics),
         };
-        let first = registry.build();
+        let first = registry.build(None)?;
         for (p, pool) in first.pools.iter().enumerate() {
             if pool.all_down {
                 registry.pools[p].all_down_since = Some(registry.all_down_count(p));
             }
         }
         registry.table.store(Arc::new(first));
-        registry
+        Ok(registry)
     }
 
-    fn build(&self) -> BackendTable {
-        BackendTable::build(&self.config, self.version, &self.handles, |p, s| self.pools[p].servers[s].state())
+    /// Takes a new configuration: servers that stay (same pool, name and address) keep their
+    /// health, drain state and slow-start clock, new ones start at `initial_state`, and pools keep
+    /// their shared counters by name. Publishes the new table at once; on error nothing changes.
+    fn reload(&mut self, config: &Config) -> Result<(), TableError> {
+        let (handles, pools) = records(config, &self.passive, Some(self), &self.metrics);
+        let previous = std::mem::replace(
+            self,
+            Registry {
+                config: config.clone(),
+                table: self.table.clone(),
+                handles,
+                pools,
+                version: self.version + 1,
+                min_report_version: self.version + 1,
+                passive: self.passive.clone(),
+                pending: Vec::new(),
+                commanded: false,
+                metrics: Arc::clone(&self.metrics),
+            },
+        );
+        let current = self.table.load_full();
+        match self.build(Some(&current)) {
+            Ok(table) => {
+                for (p, pool) in table.pools.iter().enumerate() {
+                    self.pools[p].all_down_since = pool.all_down.then(|| self.all_down_count(p));
+                }
+                self.table.store(Arc::new(table));
+                Ok(())
+            }
+            Err(e) => {
+                *self = previous;
+                Err(e)
+            }
+        }
+    }
+
+    fn build(&self, previous: Option<&BackendTable>) -> Result<BackendTable, TableError> {
+        // The records are indexed like the config's pools and servers.
+        BackendTable::build(&self.config, self.version, &self.handles, previous, |p, s| {
+            let record = &self.pools[p].servers[s];
+            (record.state(), record.up_since)
+        })
     }
 
     fn on_check(&mut self, done: CheckDone) {
@@ -379,6 +502,9 @@ impl Registry {
         }
         let from = record.health.health();
         let Some(to) = record.health.on_check(result.is_ok(), &thresholds) else { return };
+        if to == Health::Up {
+            record.up_since = Some(std::time::Instant::now());
+        }
         let reason = match result {
             Ok(()) => format!("{} consecutive checks passed", thresholds.rise),
             Err(failure) => failure.to_string(),
@@ -387,7 +513,7 @@ impl Registry {
     }
 
     fn on_report(&mut self, report: ConnectReport) {
-        if report.version < FIRST_VERSION {
+        if report.version < self.min_report_version {
             return;
         }
         let (p, s) = (report.pool as usize, report.server as usize);
@@ -435,6 +561,7 @@ impl Registry {
                 if record.admin == AdminState::Disabled {
                     // Its health is unknown after the checks were ignored: start over.
                     record.health = ServerHealth::new(initial);
+                    record.up_since = (initial == Health::Up).then(std::time::Instant::now);
                 }
                 record.admin = AdminState::Active;
             }
@@ -457,7 +584,15 @@ impl Registry {
         }
         self.commanded = false;
         self.version += 1;
-        let table = self.build();
+        let current = self.table.load_full();
+        let table = match self.build(Some(&current)) {
+            Ok(table) => table,
+            Err(e) => {
+                // Unreachable with a validated config; keep serving from the current table.
+                error!("cannot publish a new backend table: {e}");
+                return;
+            }
+        };
         let all_down: Vec<bool> = table.pools.iter().map(|p| p.all_down).collect();
         self.table.store(Arc::new(table));
         for t in std::mem::take(&mut self.pending) {
@@ -519,7 +654,8 @@ impl Registry {
     }
 }
 
-/// A server's health at start-up, and again when it is enabled after being disabled.
+/// A server's health at start-up (or when a reload adds it), and again when it is enabled after
+/// being disabled.
 fn initial_health(pool: &crate::config::PoolConfig, checked: bool) -> Health {
     match pool.health.initial_state {
         InitialState::Down if checked => Health::Down,
@@ -581,7 +717,7 @@ mod tests {
     }
 
     fn prober(config: &Config) -> Prober {
-        Prober::new(config, &Metrics::new(config))
+        Prober::new(config, &Arc::new(Metrics::new(config))).expect("valid pools")
     }
 
     fn registry(health: &str) -> (Registry, SharedTable) {

@@ -1,8 +1,8 @@
 //! The counter blocks behind the metrics, and the causes they count by.
 //!
 //! Writers never share a cache line: a worker writes only its own [`WorkerStats`] and its own slot
-//! (indexed by worker id) of each [`ServerStats`] and [`PoolStats`], each slot aligned to a cache
-//! line; the prober thread writes the control-plane fields of [`ServerStats`]. Every write is one
+//! (indexed by worker id) of each [`ListenerStats`], [`ServerStats`] and [`PoolStats`], each slot
+//! aligned to a cache line; the prober thread writes the control-plane fields of [`ServerStats`]. Every write is one
 //! relaxed atomic add on a line no other core writes, so counting costs a few nanoseconds and
 //! never a lock. The scrape reads every slot and sums; a sum may lag a concurrent write by a moment,
 //! never lose one.
@@ -27,6 +27,8 @@ pub enum CloseCause {
     Done,
     /// No server to connect to (none usable, or the listener's pool is gone).
     NoServer,
+    /// Waited `queue_timeout` for a server below its max_connections, in vain.
+    QueueTimeout,
     /// Every connect attempt failed.
     ConnectFailed,
     /// The client side failed (reset, broken pipe).
@@ -39,9 +41,10 @@ pub enum CloseCause {
 }
 
 impl CloseCause {
-    pub const ALL: [CloseCause; 7] = [
+    pub const ALL: [CloseCause; 8] = [
         CloseCause::Done,
         CloseCause::NoServer,
+        CloseCause::QueueTimeout,
         CloseCause::ConnectFailed,
         CloseCause::ClientError,
         CloseCause::BackendError,
@@ -53,6 +56,7 @@ impl CloseCause {
         match self {
             CloseCause::Done => "done",
             CloseCause::NoServer => "no_server",
+            CloseCause::QueueTimeout => "queue_timeout",
             CloseCause::ConnectFailed => "connect_failed",
             CloseCause::ClientError => "client_error",
             CloseCause::BackendError => "backend_error",
@@ -194,6 +198,29 @@ impl HistogramSnapshot {
 
 // ---- per worker ----
 
+/// What one worker counts about itself: written by that worker only.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct WorkerStats {
+    direct_descriptors: AtomicU64,
+    descriptor_slots: AtomicU64,
+}
+
+impl WorkerStats {
+    /// The registered descriptors in use, and the size of the table.
+    pub fn set_descriptors(&self, in_use: u64, slots: u64) {
+        self.direct_descriptors.store(in_use, Relaxed);
+        self.descriptor_slots.store(slots, Relaxed);
+    }
+
+    /// (in use, table size).
+    pub fn descriptors(&self) -> (u64, u64) {
+        (self.direct_descriptors.load(Relaxed), self.descriptor_slots.load(Relaxed))
+    }
+}
+
+// ---- per listener ----
+
 /// One listener's counters in one worker.
 #[derive(Debug, Default)]
 #[repr(align(64))]
@@ -203,13 +230,11 @@ struct ListenerCells {
     accept_errors: [AtomicU64; ACCEPT_ERRORS],
 }
 
-/// Everything one worker counts that is not about a pool or server: written by that worker only.
+/// One listener's counters: a slot per worker. Shared by every worker's view of the listener, and
+/// kept by name, so a listener a reload re-binds keeps counting.
 #[derive(Debug)]
-#[repr(align(64))]
-pub struct WorkerStats {
-    listeners: Box<[ListenerCells]>,
-    direct_descriptors: AtomicU64,
-    descriptor_slots: AtomicU64,
+pub struct ListenerStats {
+    slots: Box<[ListenerCells]>,
 }
 
 /// One listener's counters summed over the workers.
@@ -226,59 +251,46 @@ impl ListenerTotals {
     }
 }
 
-impl WorkerStats {
-    pub fn new(listeners: usize) -> WorkerStats {
-        WorkerStats {
-            listeners: (0..listeners).map(|_| ListenerCells::default()).collect(),
-            direct_descriptors: AtomicU64::new(0),
-            descriptor_slots: AtomicU64::new(0),
-        }
+impl ListenerStats {
+    pub fn new(workers: usize) -> ListenerStats {
+        ListenerStats { slots: (0..workers.max(1)).map(|_| ListenerCells::default()).collect() }
+    }
+
+    /// Worker `worker`'s slot (an id past the slots shares one, still counted exactly).
+    #[inline]
+    fn slot(&self, worker: usize) -> &ListenerCells {
+        &self.slots[worker % self.slots.len()]
     }
 
     #[inline]
-    pub fn accepted(&self, listener: usize) {
-        if let Some(l) = self.listeners.get(listener) {
-            add(&l.accepted, 1);
-        }
+    pub fn accepted(&self, worker: usize) {
+        add(&self.slot(worker).accepted, 1);
     }
 
     #[inline]
-    pub fn closed(&self, listener: usize, cause: CloseCause) {
-        if let Some(l) = self.listeners.get(listener) {
-            add(&l.closed[cause as usize], 1);
-        }
+    pub fn closed(&self, worker: usize, cause: CloseCause) {
+        add(&self.slot(worker).closed[cause as usize], 1);
     }
 
     /// A failed accept; `errno` is positive.
-    pub fn accept_error(&self, listener: usize, errno: i32) {
-        if let Some(l) = self.listeners.get(listener) {
-            add(&l.accept_errors[accept_error_index(errno)], 1);
-        }
+    pub fn accept_error(&self, worker: usize, errno: i32) {
+        add(&self.slot(worker).accept_errors[accept_error_index(errno)], 1);
     }
 
-    /// The registered descriptors in use, and the size of the table.
-    pub fn set_descriptors(&self, in_use: u64, slots: u64) {
-        self.direct_descriptors.store(in_use, Relaxed);
-        self.descriptor_slots.store(slots, Relaxed);
-    }
-
-    /// (in use, table size).
-    pub fn descriptors(&self) -> (u64, u64) {
-        (self.direct_descriptors.load(Relaxed), self.descriptor_slots.load(Relaxed))
-    }
-
-    /// Adds this worker's counters of `listener` to `into`.
-    pub fn read_listener(&self, listener: usize, into: &mut ListenerTotals) {
-        let Some(l) = self.listeners.get(listener) else { return };
-        // Closes before accepts: a connection is accepted before it closes, so reading in this
-        // order never sees more closed than accepted.
-        for (total, cell) in into.closed.iter_mut().zip(&l.closed) {
-            *total = total.wrapping_add(cell.load(Relaxed));
+    pub fn totals(&self) -> ListenerTotals {
+        let mut t = ListenerTotals::default();
+        for l in self.slots.iter() {
+            // Closes before accepts: a connection is accepted before it closes, so reading in
+            // this order never sees more closed than accepted.
+            for (total, cell) in t.closed.iter_mut().zip(&l.closed) {
+                *total = total.wrapping_add(cell.load(Relaxed));
+            }
+            for (total, cell) in t.accept_errors.iter_mut().zip(&l.accept_errors) {
+                *total = total.wrapping_add(cell.load(Relaxed));
+            }
+            t.accepted = t.accepted.wrapping_add(l.accepted.load(Relaxed));
         }
-        for (total, cell) in into.accept_errors.iter_mut().zip(&l.accept_errors) {
-            *total = total.wrapping_add(cell.load(Relaxed));
-        }
-        into.accepted = into.accepted.wrapping_add(l.accepted.load(Relaxed));
+        t
     }
 }
 
@@ -433,8 +445,6 @@ impl ServerStats {
 #[repr(align(64))]
 struct PoolCells {
     durations: HistogramCells,
-    queue_waits: AtomicU64,
-    queue_timeouts: AtomicU64,
 }
 
 /// One pool's counters: a slot per worker. Shared by every snapshot of the table (same name).
@@ -447,8 +457,6 @@ pub struct PoolStats {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolTotals {
     pub durations: HistogramSnapshot,
-    pub queue_waits: u64,
-    pub queue_timeouts: u64,
 }
 
 impl PoolStats {
@@ -467,24 +475,10 @@ impl PoolStats {
         self.slot(worker).durations.record(&super::names::CONNECTION_DURATION_BOUNDS, lifetime);
     }
 
-    /// A client had to wait for a server below its max_connections.
-    #[inline]
-    pub fn queue_wait(&self, worker: usize) {
-        add(&self.slot(worker).queue_waits, 1);
-    }
-
-    /// A waiting client gave up (was closed) before a server had room.
-    #[inline]
-    pub fn queue_timeout(&self, worker: usize) {
-        add(&self.slot(worker).queue_timeouts, 1);
-    }
-
     pub fn totals(&self) -> PoolTotals {
         let mut t = PoolTotals::default();
         for s in self.slots.iter() {
             s.durations.read_into(&mut t.durations);
-            t.queue_waits = t.queue_waits.wrapping_add(s.queue_waits.load(Relaxed));
-            t.queue_timeouts = t.queue_timeouts.wrapping_add(s.queue_timeouts.load(Relaxed));
         }
         t
     }
@@ -553,16 +547,13 @@ mod tests {
 
     #[test]
     fn listener_counters_by_cause_and_errno() {
-        let w = WorkerStats::new(2);
-        w.accepted(1);
-        w.accepted(1);
-        w.closed(1, CloseCause::IdleTimeout);
-        w.accept_error(1, libc::EMFILE);
-        w.accept_error(1, libc::EPERM);
-        // Out of range: ignored, never a panic.
-        w.accepted(9);
-        let mut t = ListenerTotals::default();
-        w.read_listener(1, &mut t);
+        let l = ListenerStats::new(2);
+        l.accepted(1);
+        l.accepted(0);
+        l.closed(1, CloseCause::IdleTimeout);
+        l.accept_error(1, libc::EMFILE);
+        l.accept_error(0, libc::EPERM);
+        let t = l.totals();
         assert_eq!(t.accepted, 2);
         assert_eq!(t.closed_total(), 1);
         assert_eq!(t.closed[CloseCause::IdleTimeout as usize], 1);

@@ -4,16 +4,17 @@
 //! counter blocks and the causes they count by), `scrape` (sums the blocks and renders Prometheus
 //! text with metrics-exporter-prometheus).
 //!
-//! Who writes what: each data-path worker owns a [`WorkerStats`] block (listener counters, its
-//! descriptor gauge) and one slot, by worker id, of every [`ServerStats`] and [`PoolStats`]; the
-//! prober records checks, health and transitions in [`ServerStats`]; the reload code calls
-//! [`Metrics::reload_succeeded`] / [`Metrics::reload_failed`]. Writes are relaxed atomic adds on
+//! Who writes what: each data-path worker owns a [`WorkerStats`] block (its descriptor gauge) and
+//! one slot, by worker id, of every [`ListenerStats`], [`ServerStats`] and [`PoolStats`]; the
+//! prober records checks, health and transitions in [`ServerStats`]; a reload records the digest
+//! of the configuration it put in effect ([`Metrics::set_config`]). Writes are relaxed atomic adds on
 //! cache lines no other thread writes: no lock, no allocation, nothing shared between workers on
 //! the hot path. Only the scrape reads them all.
 //!
-//! Per-server and per-pool blocks are kept here by name, so that every table the prober publishes
-//! (on each health change, and after a reload) carries the same block for the same pool and server:
-//! [`Metrics::server`] returns the block a server had before, and its counters keep counting.
+//! Listener, pool and server blocks are kept here by name, so that every table the prober
+//! publishes (on each health change, and after a reload) carries the same block for the same pool
+//! and server, and a listener a reload re-binds keeps its block: [`Metrics::server`] returns the
+//! block a server had before, and its counters keep counting.
 //!
 //! This module never blocks a writer and never touches a socket; the admin API serves what
 //! [`Metrics::render`] returns.
@@ -22,14 +23,13 @@ mod cells;
 pub mod names;
 mod scrape;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 pub use cells::{
-    CloseCause, ConnectFailure, Direction, HealthView, HistogramSnapshot, ListenerTotals, PoolStats, PoolTotals,
-    ServerStats, ServerTotals, WorkerStats,
+    CloseCause, ConnectFailure, Direction, HealthView, HistogramSnapshot, ListenerStats, ListenerTotals, PoolStats,
+    PoolTotals, ServerStats, ServerTotals, WorkerStats,
 };
 
 use crate::config::Config;
@@ -42,28 +42,25 @@ pub struct Metrics {
     /// Per-worker slots in each server and pool block (the data path's worker count).
     workers: usize,
     worker_stats: Vec<Arc<WorkerStats>>,
-    /// Listener names, in the order of the data path's listener indices.
-    listeners: Vec<String>,
+    /// Every listener served since start-up, by name (a scrape shows them all: the counters of
+    /// a listener a reload removed stay, its open connections still count).
+    listeners: Mutex<BTreeMap<String, Arc<ListenerStats>>>,
     pools: Mutex<HashMap<String, Arc<PoolStats>>>,
     servers: Mutex<HashMap<(String, String), Arc<ServerStats>>>,
-    /// Reloads that succeeded, failed.
-    reloads: [AtomicU64; 2],
     config_sha256: Mutex<String>,
     started: SystemTime,
 }
 
 impl Metrics {
-    /// Blocks for `config`'s workers and listeners; pools and servers get theirs on first use.
+    /// Blocks for `config`'s workers; listeners, pools and servers get theirs on first use.
     pub fn new(config: &Config) -> Metrics {
         let workers = config.runtime.workers.max(1);
-        let listeners: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
         Metrics {
             workers,
-            worker_stats: (0..workers).map(|_| Arc::new(WorkerStats::new(listeners.len()))).collect(),
-            listeners,
+            worker_stats: (0..workers).map(|_| Arc::new(WorkerStats::default())).collect(),
+            listeners: Mutex::new(BTreeMap::new()),
             pools: Mutex::new(HashMap::new()),
             servers: Mutex::new(HashMap::new()),
-            reloads: Default::default(),
             config_sha256: Mutex::new(config.sha256.clone()),
             started: SystemTime::now(),
         }
@@ -74,8 +71,15 @@ impl Metrics {
     pub fn worker(&self, id: usize) -> Arc<WorkerStats> {
         match self.worker_stats.get(id) {
             Some(stats) => Arc::clone(stats),
-            None => Arc::new(WorkerStats::new(self.listeners.len())),
+            None => Arc::new(WorkerStats::default()),
         }
+    }
+
+    /// The block of listener `listener`: the same one for the same name.
+    pub fn listener(&self, listener: &str) -> Arc<ListenerStats> {
+        let mut listeners = self.listeners.lock().unwrap_or_else(PoisonError::into_inner);
+        let stats = listeners.entry(listener.to_owned()).or_insert_with(|| Arc::new(ListenerStats::new(self.workers)));
+        Arc::clone(stats)
     }
 
     /// The block of pool `pool`: the same one for the same name, for the life of the process.
@@ -93,14 +97,8 @@ impl Metrics {
     }
 
     /// A reload put `config` in effect.
-    pub fn reload_succeeded(&self, config: &Config) {
-        self.reloads[0].fetch_add(1, Relaxed);
+    pub fn set_config(&self, config: &Config) {
         *self.config_sha256.lock().unwrap_or_else(PoisonError::into_inner) = config.sha256.clone();
-    }
-
-    /// A reload was refused; the configuration in effect did not change.
-    pub fn reload_failed(&self) {
-        self.reloads[1].fetch_add(1, Relaxed);
     }
 
     /// The sha256 of the configuration file in effect.

@@ -58,8 +58,8 @@ pub const LISTENER_CLOSED: Def = Def {
     name: "ringlb_listener_connections_closed_total",
     kind: Kind::Counter,
     labels: &["listener", "cause"],
-    help: "Client connections closed, by cause: done (both sides finished), no_server, connect_failed, \
-           client_error, backend_error, idle_timeout, shutdown.",
+    help: "Client connections closed, by cause: done (both sides finished), no_server, queue_timeout, \
+           connect_failed, client_error, backend_error, idle_timeout, shutdown.",
 };
 
 pub const LISTENER_ACCEPT_ERRORS: Def = Def {
@@ -162,7 +162,7 @@ pub const POOL_QUEUE_TIMEOUTS: Def = Def {
     name: "ringlb_pool_queue_timeouts_total",
     kind: Kind::Counter,
     labels: &["pool"],
-    help: "Clients closed after waiting in the pool's queue for too long.",
+    help: "Clients closed after waiting queue_timeout in the pool's queue without a server.",
 };
 
 pub const POOL_ALL_DOWN_CLIENTS: Def = Def {

@@ -16,7 +16,7 @@ use std::time::UNIX_EPOCH;
 use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
-use super::cells::{accept_error_labels, CloseCause, ConnectFailure, Direction, HistogramSnapshot, ListenerTotals};
+use super::cells::{accept_error_labels, CloseCause, ConnectFailure, Direction, HistogramSnapshot};
 use super::names::{self, Def, Kind};
 use super::Metrics;
 use crate::table::{BackendTable, ServerState};
@@ -37,11 +37,10 @@ pub(super) fn render(metrics: &Metrics, table: &BackendTable, draining: bool) ->
 }
 
 fn listeners(metrics: &Metrics, out: &mut Scrape) {
-    for (i, name) in metrics.listeners.iter().enumerate() {
-        let mut t = ListenerTotals::default();
-        for worker in &metrics.worker_stats {
-            worker.read_listener(i, &mut t);
-        }
+    let listeners = metrics.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    for (name, stats) in &listeners {
+        let name = name.as_str();
+        let t = stats.totals();
         out.counter(&names::LISTENER_ACCEPTED, &[name], t.accepted);
         out.gauge(&names::LISTENER_ACTIVE, &[name], t.accepted.saturating_sub(t.closed_total()) as f64);
         for (cause, n) in CloseCause::ALL.iter().zip(t.closed) {
@@ -87,10 +86,10 @@ fn pools(table: &BackendTable, out: &mut Scrape) {
         let name = [pool.name.as_str()];
         let t = pool.stats.totals();
         out.histogram(&names::POOL_CONNECTION_DURATION, &name, &t.durations);
-        out.counter(&names::POOL_QUEUE_WAITS, &name, t.queue_waits);
-        out.counter(&names::POOL_QUEUE_TIMEOUTS, &name, t.queue_timeouts);
-        let rejected = pool.counters.rejected.load(std::sync::atomic::Ordering::Relaxed);
-        let failed_open = pool.counters.failed_open.load(std::sync::atomic::Ordering::Relaxed);
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+        out.counter(&names::POOL_QUEUE_WAITS, &name, load(&pool.counters.queued));
+        out.counter(&names::POOL_QUEUE_TIMEOUTS, &name, load(&pool.counters.queue_timeouts));
+        let (rejected, failed_open) = (load(&pool.counters.rejected), load(&pool.counters.failed_open));
         out.counter(&names::POOL_ALL_DOWN_CLIENTS, &[&pool.name, "rejected"], rejected);
         out.counter(&names::POOL_ALL_DOWN_CLIENTS, &[&pool.name, "failed_open"], failed_open);
         let usable = pool.servers.iter().filter(|s| s.usable()).count();
@@ -107,7 +106,8 @@ fn process(metrics: &Metrics, draining: bool, out: &mut Scrape) {
         out.gauge(&names::DIRECT_DESCRIPTORS, &[&id], in_use as f64);
         out.gauge(&names::DIRECT_DESCRIPTOR_SLOTS, &[&id], slots as f64);
     }
-    let [ok, failed] = [&metrics.reloads[0], &metrics.reloads[1]].map(|c| c.load(std::sync::atomic::Ordering::Relaxed));
+    use crate::control::reload::{RELOADS_FAILED, RELOADS_OK};
+    let [ok, failed] = [&RELOADS_OK, &RELOADS_FAILED].map(|c| c.load(std::sync::atomic::Ordering::Relaxed));
     out.counter(&names::CONFIG_RELOADS, &["ok"], ok);
     out.counter(&names::CONFIG_RELOADS, &["failed"], failed);
     out.gauge(&names::CONFIG_INFO, &[&metrics.config_sha256()], 1.0);

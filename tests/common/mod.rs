@@ -298,6 +298,22 @@ impl Ringlb {
         self.proc.signal(libc::SIGTERM);
     }
 
+    /// Replaces the configuration file and sends SIGHUP (a reload).
+    pub fn reload_with(&self, config_toml: &str) {
+        std::fs::write(&self.config_path, config_toml)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.config_path.display()));
+        self.proc.signal(libc::SIGHUP);
+    }
+
+    /// Waits (up to `START_TIMEOUT`) for a stderr line containing `text` printed after this call
+    /// or before it; returns the line.
+    pub fn wait_for_log(&mut self, text: &str) -> String {
+        if let Some(line) = self.proc.log().lines().find(|l| l.contains(text)) {
+            return line.to_string();
+        }
+        self.proc.wait_for_line(|line| line.contains(text).then(|| line.to_string()))
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         self.proc.wait_exit(timeout)
     }
