@@ -6,7 +6,8 @@
 //! A snapshot also carries what outlives it, shared by every snapshot of a pool: the counters of
 //! clients that found every server down, and the channel on which workers report connect outcomes
 //! to the prober (passive health detection). Reporting never blocks: a full channel drops the
-//! report.
+//! report. Every pool and server also carries its metric block (`stats`), the same one in every
+//! snapshot for the same pool and server name, so that counting survives each publish.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,7 @@ use crossbeam::channel::Sender;
 
 use crate::balance::{Balancer, BuildError, Policy, ServerSpec};
 use crate::config::{Balance, Config, OnAllDown, PoolConfig};
+use crate::metrics::{PoolStats, ServerStats};
 
 #[derive(Debug)]
 pub struct BackendTable {
@@ -46,6 +48,8 @@ pub struct PoolTable {
     /// Where workers report connect outcomes; `None` when passive detection is off.
     pub passive: Option<PassiveReports>,
     pub counters: Arc<PoolCounters>,
+    /// The pool's metric block.
+    pub stats: Arc<PoolStats>,
     pub servers: Vec<ServerEntry>,
 }
 
@@ -56,6 +60,8 @@ pub struct ServerEntry {
     pub weight: u32,
     /// Health and admin state, as last published by the prober.
     pub state: ServerState,
+    /// The server's metric block.
+    pub stats: Arc<ServerStats>,
 }
 
 /// A server's state in one snapshot.
@@ -65,8 +71,11 @@ pub enum ServerState {
     Up,
     /// Failed its checks (or passive detection): no new connections.
     Down,
-    /// Set aside by an operator: no new connections, open ones finish.
+    /// Set aside by an operator: no new connections, open ones finish; checks go on.
     Draining,
+    /// Put in maintenance by an operator: no new connections, open ones finish; check results
+    /// are ignored until it is enabled again.
+    Disabled,
 }
 
 impl ServerState {
@@ -75,6 +84,7 @@ impl ServerState {
             ServerState::Up => "up",
             ServerState::Down => "down",
             ServerState::Draining => "draining",
+            ServerState::Disabled => "disabled",
         }
     }
 }
@@ -83,6 +93,21 @@ impl ServerEntry {
     /// May receive a new connection (health and weight; policies add their own limits).
     pub fn usable(&self) -> bool {
         self.state == ServerState::Up && self.weight > 0
+    }
+
+    /// Its share of new connections now: its weight while usable, else 0 (slow start is the
+    /// balancer's and not counted here).
+    pub fn effective_weight(&self) -> u32 {
+        if self.usable() {
+            self.weight
+        } else {
+            0
+        }
+    }
+
+    /// Set aside by an operator (drained or disabled): never picked, even when failing open.
+    pub fn set_aside(&self) -> bool {
+        matches!(self.state, ServerState::Draining | ServerState::Disabled)
     }
 }
 
@@ -133,6 +158,22 @@ impl PassiveReports {
 pub struct PoolHandles {
     pub passive: Option<PassiveReports>,
     pub counters: Arc<PoolCounters>,
+    /// The pool's metric block (`None`: a fresh one, seen by no scrape).
+    pub stats: Option<Arc<PoolStats>>,
+    /// The metric blocks of the pool's servers, in config order (missing ones: fresh blocks).
+    pub servers: Vec<Arc<ServerStats>>,
+}
+
+impl PoolHandles {
+    /// Handles whose metric blocks are those `metrics` keeps for `pool` and its servers (by name,
+    /// so a reloaded pool gets the blocks it had).
+    pub fn with_metrics(pool: &PoolConfig, metrics: &crate::metrics::Metrics) -> PoolHandles {
+        PoolHandles {
+            stats: Some(metrics.pool(&pool.name)),
+            servers: pool.servers.iter().map(|s| metrics.server(&pool.name, &s.name)).collect(),
+            ..PoolHandles::default()
+        }
+    }
 }
 
 impl PoolTable {
@@ -143,7 +184,7 @@ impl PoolTable {
         if !self.all_down {
             return server.usable();
         }
-        self.on_all_down == OnAllDown::FailOpen && server.state != ServerState::Draining && server.weight > 0
+        self.on_all_down == OnAllDown::FailOpen && !server.set_aside() && server.weight > 0
     }
 
     /// Counts a new client that found every server down (call once per client).
@@ -173,18 +214,22 @@ impl BackendTable {
         previous: Option<&BackendTable>,
         status: impl Fn(usize, usize) -> (ServerState, Option<Instant>),
     ) -> Result<BackendTable, TableError> {
+        let workers = config.runtime.workers;
         let mut pools = Vec::with_capacity(config.pools.len());
         for (p, pool) in config.pools.iter().enumerate() {
+            let handles = handles.get(p).cloned().unwrap_or_default();
             let statuses: Vec<(ServerState, Option<Instant>)> = (0..pool.servers.len()).map(|s| status(p, s)).collect();
             let servers: Vec<ServerEntry> = pool
                 .servers
                 .iter()
                 .zip(&statuses)
-                .map(|(server, &(state, _))| ServerEntry {
+                .enumerate()
+                .map(|(s, (server, &(state, _)))| ServerEntry {
                     name: server.name.clone(),
                     addr: server.resolved,
                     weight: server.weight,
                     state,
+                    stats: handles.servers.get(s).cloned().unwrap_or_else(|| Arc::new(ServerStats::new(workers))),
                 })
                 .collect();
             let all_down = !servers.iter().any(ServerEntry::usable);
@@ -208,7 +253,6 @@ impl BackendTable {
             let before = previous.and_then(|t| t.pools.iter().find(|old| old.name == pool.name));
             let balancer = Balancer::build(policy(pool), &specs, before.map(|old| &old.balancer))
                 .map_err(|source| TableError { pool: pool.name.clone(), source })?;
-            let handles = handles.get(p).cloned().unwrap_or_default();
             pools.push(PoolTable {
                 name: pool.name.clone(),
                 connect_timeout: pool.connect_timeout,
@@ -220,6 +264,7 @@ impl BackendTable {
                 all_down,
                 passive: handles.passive,
                 counters: handles.counters,
+                stats: handles.stats.unwrap_or_else(|| Arc::new(PoolStats::new(workers))),
                 servers,
             });
         }
@@ -304,6 +349,9 @@ mod tests {
         assert_eq!(eligible(&t), [false, false, false]);
         let t = table("fail-open", [Down, Down, Draining]);
         assert_eq!(eligible(&t), [true, true, false]);
+        let t = table("fail-open", [Down, Disabled, Draining]);
+        assert!(t.pools[0].all_down);
+        assert_eq!(eligible(&t), [true, false, false]);
         assert!(!t.pools[0].eligible(3), "out of range");
     }
 

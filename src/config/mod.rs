@@ -89,6 +89,9 @@ pub struct Config {
     pub admin: AdminConfig,
     pub listeners: Vec<ListenerConfig>,
     pub pools: Vec<PoolConfig>,
+    /// The sha256 of the file's bytes in lowercase hex, as `sha256sum` prints it: two nodes run
+    /// the same configuration when their digests are equal.
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +108,9 @@ pub struct RuntimeConfig {
     pub splice: SpliceMode,
     /// One log line per connection at close.
     pub log_connections: bool,
+    /// Where `ringlb run` writes its process id (`ringlb reload` reads it); a relative path in
+    /// the file is taken relative to the file's directory.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// `runtime.splice`: when the data path uses splice (through pipes, on io-wq kernel threads)
@@ -371,7 +377,17 @@ pub(crate) fn parse_with(text: &str, path: &Path, resolve: Resolve) -> Result<Co
     // map that names the key of a serde error in the typed read.
     let document: document::Document = toml::from_str(text).map_err(|e| invalid(locate::explain(&e, None)))?;
     let raw: raw::RawConfig = toml::from_str(text).map_err(|e| invalid(locate::explain(&e, Some(&document))))?;
-    validate::validate(raw, text, path, resolve).map_err(invalid)
+    let mut config = validate::validate(raw, text, path, resolve).map_err(invalid)?;
+    config.sha256 = sha256_hex(text.as_bytes());
+    Ok(config)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().fold(String::with_capacity(64), |mut hex, byte| {
+        hex.push_str(&format!("{byte:02x}"));
+        hex
+    })
 }
 
 /// Why a configuration was refused. Displays as one line: `FILE: reason` when the file could not

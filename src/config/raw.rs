@@ -36,6 +36,7 @@ pub struct RawRuntime {
     pub user: Option<Spanned<String>>,
     pub splice: Option<Spanned<String>>,
     pub log_connections: Option<Spanned<bool>>,
+    pub pid_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, DeriveDeserialize)]

@@ -387,7 +387,7 @@ fn unknown_keys_name_their_table_and_the_expected_keys() {
     assert_eq!(
         error(&format!("[runtime]\nworker = 1\n{MINIMAL}")),
         "x.toml:2:1: unknown key `worker` in [runtime], expected one of workers, \
-         max_connections, shutdown_grace, user, splice, log_connections"
+         max_connections, shutdown_grace, user, splice, log_connections, pid_file"
     );
     assert_eq!(
         error(&format!("{MINIMAL}[listener.api]\n")),
@@ -628,4 +628,31 @@ fn load_reports_unreadable_files_in_one_line() {
     let missing = Path::new("/nonexistent/ringlb.toml");
     let message = load(missing).expect_err("missing file").to_string();
     assert_eq!(message, "/nonexistent/ringlb.toml: No such file or directory");
+}
+
+#[test]
+fn pid_file_is_relative_to_the_config_file_and_never_empty() {
+    assert_eq!(ok(MINIMAL).runtime.pid_file, None);
+    let at = |pid_file: &str, config: &str| {
+        let text = format!("[runtime]\npid_file = \"{pid_file}\"\n{MINIMAL}");
+        match parse_with(&text, Path::new(config), &fake_resolve) {
+            Ok(config) => config.runtime.pid_file,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(at("/run/ringlb.pid", "/etc/ringlb/ringlb.toml"), Some("/run/ringlb.pid".into()));
+    assert_eq!(at("ringlb.pid", "/etc/ringlb/ringlb.toml"), Some("/etc/ringlb/ringlb.pid".into()));
+    assert_eq!(at("run/ringlb.pid", "ringlb.toml"), Some("run/ringlb.pid".into()));
+    assert_eq!(
+        error(&format!("[runtime]\npid_file = \"\"\n{MINIMAL}")),
+        "x.toml:2:12: runtime.pid_file: must not be empty"
+    );
+}
+
+#[test]
+fn the_digest_is_sha256sum_of_the_file() {
+    // `printf '%s' "$MINIMAL" | sha256sum`
+    assert_eq!(ok(MINIMAL).sha256, "7c2334a7948ef77b9d09b51808a2460ca9cb2afb4c4c9d3343f00fc734edbddc");
+    // A comment changes the file, so the digest.
+    assert_ne!(ok(&format!("# web\n{MINIMAL}")).sha256, ok(MINIMAL).sha256);
 }

@@ -32,7 +32,7 @@ const SERVER_NAME_RULE: &str = "1 to 128 characters, no spaces or control charac
 
 pub(super) fn validate(raw: RawConfig, text: &str, path: &Path, resolve: Resolve) -> Result<Config, (usize, Problem)> {
     let mut check = Checker { text, problems: Vec::new() };
-    let runtime = check.runtime(&raw.runtime);
+    let runtime = check.runtime(&raw.runtime, path);
     let (admin, admin_bind) = check.admin(&raw.admin);
     let pools = raw.pools.iter().map(|(name, pool)| check.pool(name, pool, resolve)).collect();
     let (listeners, listener_binds) = check.listeners(&raw, &runtime);
@@ -40,7 +40,7 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path, resolve: Resolve
 
     match check.problems.iter().min_by_key(|(offset, _)| *offset) {
         Some(earliest) => Err(earliest.clone()),
-        None => Ok(Config { path: path.to_owned(), runtime, admin, listeners, pools }),
+        None => Ok(Config { path: path.to_owned(), runtime, admin, listeners, pools, sha256: String::new() }),
     }
 }
 
@@ -68,7 +68,7 @@ impl Checker<'_> {
         Position::of(self.text, offset).line
     }
 
-    fn runtime(&mut self, raw: &RawRuntime) -> RuntimeConfig {
+    fn runtime(&mut self, raw: &RawRuntime, path: &Path) -> RuntimeConfig {
         let key = KeyPath::root().key("runtime");
         let workers = self.int(&raw.workers, key.key("workers"), 0, MAX_WORKERS);
         let workers = match workers.unwrap_or(DEFAULT_WORKERS) {
@@ -101,8 +101,19 @@ impl Checker<'_> {
                 }
             },
         };
+        let pid_file = match &raw.pid_file {
+            Some(file) if file.get_ref().is_empty() => {
+                let message = "must not be empty".to_string();
+                self.fail(file.span().start, Problem::BadValue { key: key.key("pid_file"), message });
+                None
+            }
+            // Relative to the file's directory, so that `ringlb reload -c FILE` finds the file
+            // `ringlb run -c FILE` wrote wherever each is started from.
+            Some(file) => Some(path.parent().unwrap_or(Path::new("")).join(file.get_ref())),
+            None => None,
+        };
         let log_connections = raw.log_connections.as_ref().is_some_and(|v| *v.get_ref());
-        RuntimeConfig { workers, max_connections, shutdown_grace, user, splice, log_connections }
+        RuntimeConfig { workers, max_connections, shutdown_grace, user, splice, log_connections, pid_file }
     }
 
     /// The admin section and its bind for the duplicate check (none when the bind is invalid).

@@ -3,8 +3,9 @@
 //! Each worker owns one ring, one SO_REUSEPORT listening socket per listener, a slab of
 //! connections and a pipe pool. It reads the backend table snapshot (arc-swap) when it picks a
 //! server and shares nothing else with the other workers but the connection counters that enforce
-//! `max_connections`. It depends only on config, the backend table and (later) metrics; the
-//! control plane talks to it through [`DataPath`]: the table it publishes and `shutdown()`.
+//! `max_connections`. It depends only on config, the backend table and metrics (each worker counts
+//! in its own blocks, see [`crate::metrics`]); the control plane talks to it through [`DataPath`]:
+//! the table it publishes and `shutdown()`.
 //!
 //! Files: `listener` (sockets), `worker` (ring set-up, event loop, accepts, timers), `proxy`
 //! (connect chain, splicing, teardown), `flow` (one direction's pure state machine), `pipes` and
@@ -32,6 +33,7 @@ use arc_swap::ArcSwap;
 use crossbeam::channel::Sender;
 
 use crate::config::{Config, ListenerConfig, SpliceMode};
+use crate::metrics::{ListenerStats, Metrics};
 use crate::table::SharedTable;
 
 /// State shared by every worker: limits, live counters and the shutdown flag. Written rarely
@@ -55,15 +57,18 @@ pub struct ListenerShared {
     pub pool: ArcSwap<String>,
     pub max_connections: AtomicU32,
     pub active: AtomicU32,
+    /// Its metric block (each worker counts in its own slot), kept by name in the registry.
+    pub stats: Arc<ListenerStats>,
 }
 
 impl ListenerShared {
-    fn new(config: &ListenerConfig) -> ListenerShared {
+    fn new(config: &ListenerConfig, metrics: &Metrics) -> ListenerShared {
         ListenerShared {
             name: config.name.clone(),
             pool: ArcSwap::from_pointee(config.pool.clone()),
             max_connections: AtomicU32::new(config.max_connections),
             active: AtomicU32::new(0),
+            stats: metrics.listener(&config.name),
         }
     }
 }
@@ -156,6 +161,8 @@ pub struct DataPath {
     /// Connections the workers can hold together: each ring's registered table is capped by
     /// RLIMIT_NOFILE, two sockets per connection plus the pipe range.
     pub capacity: u64,
+    /// Where listeners added by a reload find their metric blocks.
+    metrics: Arc<Metrics>,
 }
 
 impl DataPath {
@@ -180,7 +187,12 @@ impl DataPath {
 
     /// Starts the workers on bound listeners. Rings are created here, in the worker threads, so
     /// after any privilege drop: io_uring's kernel threads keep the credentials of their creator.
-    pub fn start(config: &Config, listeners: Listeners, table: SharedTable) -> Result<DataPath, DataPathError> {
+    pub fn start(
+        config: &Config,
+        listeners: Listeners,
+        table: SharedTable,
+        metrics: Arc<Metrics>,
+    ) -> Result<DataPath, DataPathError> {
         let Listeners { per_worker_fds, bound } = listeners;
         let workers = per_worker_fds.len();
         let shared = Arc::new(Shared {
@@ -192,7 +204,7 @@ impl DataPath {
             log_connections: AtomicBool::new(config.runtime.log_connections),
         });
         let listener_state: Vec<Arc<ListenerShared>> =
-            config.listeners.iter().map(|l| Arc::new(ListenerShared::new(l))).collect();
+            config.listeners.iter().map(|l| Arc::new(ListenerShared::new(l, &metrics))).collect();
         let mut handles = Vec::with_capacity(workers);
         let mut control = Vec::with_capacity(workers);
         let (ready_tx, ready_rx) = crossbeam::channel::bounded(workers);
@@ -208,6 +220,7 @@ impl DataPath {
                 table: table.clone(),
                 shared: shared.clone(),
                 max_connections: config.runtime.max_connections,
+                stats: metrics.worker(id),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("ringlb-w{id}"))
@@ -219,7 +232,7 @@ impl DataPath {
             handles.push((handle, wake));
         }
         let listeners = bound.iter().cloned().zip(listener_state).collect();
-        let mut datapath = DataPath { shared, workers: handles, control, listeners, bound, capacity: 0 };
+        let mut datapath = DataPath { shared, workers: handles, control, listeners, bound, capacity: 0, metrics };
         for _ in 0..workers {
             match ready_rx.recv() {
                 Ok(Ok(conns)) => datapath.capacity += u64::from(conns),
@@ -300,7 +313,7 @@ impl DataPath {
             }
         }
         for (l, fds, addr) in added {
-            let state = Arc::new(ListenerShared::new(l));
+            let state = Arc::new(ListenerShared::new(l, &self.metrics));
             for (tx, fd) in self.control.iter().zip(fds) {
                 let _ = tx.send(Control::AddListener { fd, listener: state.clone() });
             }

@@ -7,6 +7,10 @@
 //! final completion); teardown cancels everything on both sockets, waits for `inflight` to reach
 //! zero, and only then closes the descriptors, returns the pipes and frees the slot. Nothing is
 //! reused while the kernel may still touch it.
+//!
+//! Counting (see `crate::metrics`): a connect outcome, each chunk of bytes delivered, and each close
+//! are counted in this worker's slot of the listener's, server's and pool's blocks: relaxed adds on
+//! lines no other worker writes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +25,9 @@ use super::pipes::Pipe;
 use super::worker::Worker;
 use crate::balance::{ExcludeSet, Pick};
 use crate::config::SpliceMode;
-use crate::table::{BackendTable, ConnectOutcome};
+pub use crate::metrics::CloseCause;
+use crate::metrics::{ConnectFailure, Direction};
+use crate::table::{BackendTable, ConnectOutcome, ServerEntry};
 
 const C2B: usize = 0;
 const B2C: usize = 1;
@@ -36,19 +42,6 @@ pub enum Phase {
     Connecting,
     Proxying,
     Closing,
-}
-
-/// Why a connection ended (for logs; metrics and the connection log come later).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseCause {
-    Done,
-    NoServer,
-    QueueTimeout,
-    ConnectFailed,
-    ClientError,
-    BackendError,
-    IdleTimeout,
-    Shutdown,
 }
 
 /// The connect chain's five completions, gathered before deciding.
@@ -74,8 +67,6 @@ pub struct Conn {
     attempts: u32,
     attempts_left: u32,
     peer: SocketAddr,
-    started: Instant,
-    cause: CloseCause,
     pub queued_until: Option<Instant>,
     client: u32,
     backend_open: bool,
@@ -86,6 +77,12 @@ pub struct Conn {
     connect: ConnectResults,
     pub last_active: Instant,
     pub idle_timeout: Duration,
+    /// When the client was accepted into this slot (for the connection duration).
+    opened: Instant,
+    /// Connected to `server` (counted in its active connections until the close).
+    connected: bool,
+    /// Why the connection is closing (the first cause wins).
+    cause: CloseCause,
     addr: libc::sockaddr_storage,
     addr_len: libc::socklen_t,
     timeout_ts: types::Timespec,
@@ -105,8 +102,6 @@ impl Conn {
             attempts: 0,
             attempts_left: 0,
             peer: super::worker::UNKNOWN_PEER,
-            started: Instant::now(),
-            cause: CloseCause::Done,
             queued_until: None,
             client: 0,
             backend_open: false,
@@ -117,6 +112,9 @@ impl Conn {
             connect: ConnectResults::default(),
             last_active: Instant::now(),
             idle_timeout: Duration::MAX,
+            opened: Instant::now(),
+            connected: false,
+            cause: CloseCause::Done,
             // SAFETY: all-zero is a valid sockaddr_storage.
             addr: unsafe { std::mem::zeroed() },
             addr_len: 0,
@@ -142,6 +140,7 @@ impl Worker {
             self.push(&[close_entry(client)]);
             self.live -= 1;
             shared.release(&self.acceptors[listener].listener);
+            self.listener_stats(listener).closed(self.id, CloseCause::NoServer);
             return;
         };
         let table = self.table.load_full();
@@ -166,9 +165,10 @@ impl Worker {
         c.reserved = None;
         c.queued_until = None;
         c.peer = peer;
-        c.started = now;
-        c.cause = CloseCause::Done;
         c.last_active = now;
+        c.opened = now;
+        c.connected = false;
+        c.cause = CloseCause::Done;
         let Some(pool) = pool else {
             self.begin_close(slot, CloseCause::NoServer);
             return;
@@ -319,19 +319,32 @@ impl Worker {
             return;
         }
         let r = c.connect;
+        let outcome = match r.connect {
+            0 => ConnectOutcome::Connected,
+            _ if r.timeout == -libc::ETIME => ConnectOutcome::TimedOut,
+            e => ConnectOutcome::Failed(-e),
+        };
         if r.socket >= 0 && r.sockopt >= 0 {
             // Passive health: the prober hears of every connect that reached the network.
-            let outcome = match r.connect {
-                0 => ConnectOutcome::Connected,
-                _ if r.timeout == -libc::ETIME => ConnectOutcome::TimedOut,
-                e => ConnectOutcome::Failed(-e),
-            };
             if let Some(table) = &c.table {
                 table.report_connect(c.pool, c.server, outcome);
             }
         }
+        if let Some(server) = server_entry(c) {
+            let worker = self.id;
+            if c.attempts > 1 {
+                server.stats.retried(worker);
+            }
+            match outcome {
+                _ if r.socket < 0 || r.sockopt < 0 => server.stats.connect_failed(worker, ConnectFailure::Other),
+                ConnectOutcome::Connected => server.stats.connected(worker),
+                ConnectOutcome::TimedOut => server.stats.connect_failed(worker, ConnectFailure::Timeout),
+                ConnectOutcome::Failed(errno) => server.stats.connect_failed(worker, ConnectFailure::from_errno(errno)),
+            }
+        }
         if r.connect == 0 {
             c.phase = Phase::Proxying;
+            c.connected = true;
             c.last_active = self.now;
             // Both flows start by polling their source.
             self.drive(slot);
@@ -370,13 +383,22 @@ impl Worker {
     }
 
     fn on_flow(&mut self, slot: u32, dir: usize, res: i32, is_in: bool) {
+        let worker = self.id;
         let c = &mut self.conns[slot as usize];
         let flow = &mut c.flows[dir];
+        let before = flow.delivered;
         let outcome = match (is_in, flow.mode()) {
             (true, Mode::Copy) => flow.on_recv(res),
             (true, Mode::Splice) => flow.on_splice_in(res),
             (false, _) => flow.on_splice_out(res),
         };
+        let delivered = flow.delivered - before;
+        if delivered > 0 {
+            if let Some(server) = server_entry(c) {
+                let direction = if dir == C2B { Direction::ClientToBackend } else { Direction::BackendToClient };
+                server.stats.delivered(worker, direction, delivered);
+            }
+        }
         match outcome {
             Outcome::Progress => c.last_active = self.now,
             Outcome::Idle => {}
@@ -628,6 +650,16 @@ impl Worker {
             entries.push(close_entry(backend));
         }
         let listener = c.listener;
+        let worker = self.id;
+        if let Some(pool) = c.table.as_ref().and_then(|t| t.pools.get(c.pool)) {
+            pool.stats.closed(worker, self.now.saturating_duration_since(c.opened));
+        }
+        if c.connected {
+            if let Some(server) = server_entry(c) {
+                server.stats.disconnected(worker);
+            }
+        }
+        self.acceptors[listener].listener.stats.closed(worker, c.cause);
         let pipes = [c.pipes[0].take(), c.pipes[1].take()];
         let bufs = [c.bufs[0].take(), c.bufs[1].take()];
         let flows_empty = [c.flows[0].in_pipe == 0, c.flows[1].in_pipe == 0];
@@ -668,11 +700,16 @@ impl Worker {
             server: if c.attempts > 0 { pool.map(|p| p.servers[c.server].name.as_str()) } else { None },
             c2b: c.flows[C2B].delivered,
             b2c: c.flows[B2C].delivered,
-            duration: self.now.saturating_duration_since(c.started),
+            duration: self.now.saturating_duration_since(c.opened),
             cause: c.cause,
         };
         super::connlog::write(&entry);
     }
+}
+
+/// The server the connection is connecting or connected to, in its snapshot.
+fn server_entry(c: &Conn) -> Option<&ServerEntry> {
+    c.table.as_ref()?.pools.get(c.pool)?.servers.get(c.server)
 }
 
 fn sockopt(slot: u32, level: libc::c_int, name: libc::c_int) -> squeue::Entry {

@@ -21,6 +21,7 @@ use super::ops::{self, Op};
 use super::pipes::PipePool;
 use super::proxy::{CloseCause, Conn, Phase};
 use super::{Control, DataPathError, ListenerShared, Shared};
+use crate::metrics::{ListenerStats, WorkerStats};
 use crate::table::SharedTable;
 
 const SQ_ENTRIES: u32 = 4096;
@@ -58,6 +59,7 @@ pub struct WorkerSpec {
     pub table: SharedTable,
     pub shared: Arc<Shared>,
     pub max_connections: u32,
+    pub stats: Arc<WorkerStats>,
 }
 
 /// Where things live in the ring's registered file table:
@@ -175,6 +177,8 @@ pub struct Worker {
     pub layout: SlotLayout,
     pub shared: Arc<Shared>,
     pub table: SharedTable,
+    /// This worker's own counters (only this worker writes them).
+    pub stats: Arc<WorkerStats>,
     /// Never shrinks: a connection refers to its listener by index, also after a reload retired it.
     pub acceptors: Vec<Acceptor>,
     control: crossbeam::channel::Receiver<Control>,
@@ -257,6 +261,7 @@ impl Worker {
             buffers: BufferPool::new(MAX_BUFFERS),
             shared: spec.shared,
             table: spec.table,
+            stats: spec.stats,
             acceptors: spec.listen_fds.into_iter().map(|(fd, listener)| Acceptor::new(fd, listener)).collect(),
             control: spec.control,
             accept_backoff_until: None,
@@ -406,9 +411,10 @@ impl Worker {
             self.shutting_down = Some(self.now + self.shared.grace());
             debug!(worker = self.id, live = self.live, "stopping: no new connections");
             // Parked clients were never served: close them with the listeners.
-            while let Some((_, client, _)) = self.parked.pop_front() {
+            while let Some((listener, client, _)) = self.parked.pop_front() {
                 let e = opcode::Close::new(types::Fixed(client)).build().user_data(ops::encode(Op::Close, 0, 0));
                 self.push(&[e]);
+                self.listener_stats(listener).closed(self.id, CloseCause::Shutdown);
             }
             self.update_accepts();
             return;
@@ -420,6 +426,9 @@ impl Worker {
 
     fn on_tick(&mut self) {
         self.arm_tick();
+        // Client sockets (served and parked), backend sockets, and both ends of each pipe.
+        let in_use = 2 * u64::from(self.live) + self.parked.len() as u64 + 2 * u64::from(self.pipes.installed());
+        self.stats.set_descriptors(in_use, u64::from(self.layout.table_size()));
         if let Some(deadline) = self.shutting_down {
             if self.now >= deadline && self.live > 0 {
                 info!(worker = self.id, open = self.live, "shutdown grace over: closing open connections");
@@ -547,10 +556,14 @@ impl Worker {
         if !more {
             self.acceptors[listener].state = AcceptState::Idle;
         }
+        if res >= 0 {
+            self.listener_stats(listener).accepted(self.id);
+        }
         if res >= 0 && self.shutting_down.is_some() {
             // Accepted just before the cancel landed: too late to serve.
             let e = opcode::Close::new(types::Fixed(res as u32)).build().user_data(ops::encode(Op::Close, 0, 0));
             self.push(&[e]);
+            self.listener_stats(listener).closed(self.id, CloseCause::Shutdown);
         } else if res >= 0 {
             // Another worker may have taken the last slot since this accept was armed: then the
             // client waits here, unconnected, exactly as it would in the kernel's accept queue.
@@ -563,6 +576,9 @@ impl Worker {
                 self.parked.push_back((listener, res as u32, ip));
             }
         } else {
+            if !matches!(-res, libc::ECANCELED | libc::EINTR | libc::EAGAIN) {
+                self.listener_stats(listener).accept_error(self.id, -res);
+            }
             match -res {
                 libc::ECANCELED | libc::ECONNABORTED | libc::EINTR | libc::EAGAIN => {}
                 e @ (libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS) => {
@@ -591,6 +607,11 @@ impl Worker {
             }
         }
         self.update_accepts();
+    }
+
+    /// The metric block of the listener with acceptor index `listener`.
+    pub fn listener_stats(&self, listener: usize) -> &ListenerStats {
+        &self.acceptors[listener].listener.stats
     }
 
     /// A free connection slot, growing the slab up to the layout's limit.
