@@ -4,24 +4,29 @@
 //!
 //! ```text
 //!                  control plane                          data path (one per core)
-//!   ┌───────────────────────────────────┐      ┌──────────────────────────────────────────┐
+//!   ┌────────────────────────────────────┐      ┌───────────────────────────────────────────┐
 //!   │ main.rs: config, signals, preflight│      │ worker N: one io_uring                    │
-//!   │ control/: hostcheck, privdrop      │      │   SO_REUSEPORT listener ─accept─▶ slab    │
+//!   │ control/: hostcheck, privdrop, pid │      │   SO_REUSEPORT listener ─accept─▶ slab    │
 //!   │ health prober thread ──────────────┼─────▶│   client ─splice─▶ pipe ─splice─▶ backend │
 //!   │   (single writer of the table)     │ table│   backend ─splice─▶ pipe ─splice─▶ client │
-//!   └───────────────────────────────────┘(arc- │   sockets and pipes: registered (direct)  │
-//!                                         swap) │   descriptors in the ring's file table    │
-//!                                               └──────────────────────────────────────────┘
+//!   │ admin thread: /metrics /ready /api │(arc- │   sockets and pipes: registered (direct)  │
+//!   │   commands ─▶ prober; sums the     │swap) │   descriptors in the ring's file table    │
+//!   │   metric blocks ◀──────────────────┼──────┤   counts in its own metric blocks         │
+//!   └────────────────────────────────────┘      └───────────────────────────────────────────┘
 //! ```
 //!
 //! - [`datapath`]: per-core workers. Each owns a ring, its listening sockets, a connection slab and
 //!   a pipe pool, and shares only the connection counters (for `max_connections`) with the others.
-//!   It depends on [`config`], [`table`] and nothing in the control plane.
+//!   It depends on [`config`], [`table`], [`metrics`] and nothing in the control plane.
 //! - [`table`]: the backend table, one immutable snapshot of pools and servers behind arc-swap.
 //! - [`config`]: TOML -> raw serde structs -> validated typed config, errors as `file:line:col`.
 //! - [`balance`]: balancing policies as pure code.
-//! - [`control`]: signals, host checks, privilege drop.
-//! - [`health`]: the health prober, single writer of the table (active checks, passive detection).
+//! - [`control`]: signals, host checks, privilege drop, the pid file.
+//! - [`health`]: the health prober, single writer of the table (active checks, passive detection,
+//!   operators' drain/disable/enable).
+//! - [`metrics`]: every metric name, the counter blocks the workers and the prober write (each
+//!   worker in lines of its own), and the Prometheus scrape that sums them.
+//! - [`admin`]: the admin API thread on `[admin] bind`: `/metrics`, `/live`, `/ready`, `/api/...`.
 //!
 //! # Glossary
 //!
@@ -33,10 +38,12 @@
 //!   does not count against the process descriptor limit.
 //! - **table**: the published backend-table snapshot.
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod demo_backend;
 pub mod health;
+pub mod metrics;
 pub mod table;

@@ -6,17 +6,20 @@
 //! A snapshot also carries what outlives it, shared by every snapshot of a pool: the counters of
 //! clients that found every server down, and the channel on which workers report connect outcomes
 //! to the prober (passive health detection). Reporting never blocks: a full channel drops the
-//! report.
+//! report. Every pool and server also carries its metric block (`stats`), the same one in every
+//! snapshot for the same pool and server name, so that counting survives each publish.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::channel::Sender;
 
-use crate::config::{Config, OnAllDown};
+use crate::balance::{Balancer, BuildError, Policy, ServerSpec};
+use crate::config::{Balance, Config, OnAllDown, PoolConfig};
+use crate::metrics::{PoolStats, ServerStats};
 
 #[derive(Debug)]
 pub struct BackendTable {
@@ -33,6 +36,11 @@ pub struct PoolTable {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub retries: u32,
+    /// How long a client may wait for a server slot when every server is at max_connections.
+    pub queue_timeout: Duration,
+    /// The policy over this snapshot's servers (indices = `servers` indices). Shares its
+    /// per-server connection counters with the previous snapshot's balancer, by server name.
+    pub balancer: Balancer,
     /// What new clients get when no server is usable.
     pub on_all_down: OnAllDown,
     /// No server of the pool is usable in this snapshot.
@@ -40,6 +48,8 @@ pub struct PoolTable {
     /// Where workers report connect outcomes; `None` when passive detection is off.
     pub passive: Option<PassiveReports>,
     pub counters: Arc<PoolCounters>,
+    /// The pool's metric block.
+    pub stats: Arc<PoolStats>,
     pub servers: Vec<ServerEntry>,
 }
 
@@ -50,6 +60,8 @@ pub struct ServerEntry {
     pub weight: u32,
     /// Health and admin state, as last published by the prober.
     pub state: ServerState,
+    /// The server's metric block.
+    pub stats: Arc<ServerStats>,
 }
 
 /// A server's state in one snapshot.
@@ -59,8 +71,11 @@ pub enum ServerState {
     Up,
     /// Failed its checks (or passive detection): no new connections.
     Down,
-    /// Set aside by an operator: no new connections, open ones finish.
+    /// Set aside by an operator: no new connections, open ones finish; checks go on.
     Draining,
+    /// Put in maintenance by an operator: no new connections, open ones finish; check results
+    /// are ignored until it is enabled again.
+    Disabled,
 }
 
 impl ServerState {
@@ -69,6 +84,7 @@ impl ServerState {
             ServerState::Up => "up",
             ServerState::Down => "down",
             ServerState::Draining => "draining",
+            ServerState::Disabled => "disabled",
         }
     }
 }
@@ -77,6 +93,21 @@ impl ServerEntry {
     /// May receive a new connection (health and weight; policies add their own limits).
     pub fn usable(&self) -> bool {
         self.state == ServerState::Up && self.weight > 0
+    }
+
+    /// Its share of new connections now: its weight while usable, else 0 (slow start is the
+    /// balancer's and not counted here).
+    pub fn effective_weight(&self) -> u32 {
+        if self.usable() {
+            self.weight
+        } else {
+            0
+        }
+    }
+
+    /// Set aside by an operator (drained or disabled): never picked, even when failing open.
+    pub fn set_aside(&self) -> bool {
+        matches!(self.state, ServerState::Draining | ServerState::Disabled)
     }
 }
 
@@ -87,6 +118,10 @@ pub struct PoolCounters {
     pub rejected: AtomicU64,
     /// Sent to a server whatever its health (`on_all_down = "fail-open"`).
     pub failed_open: AtomicU64,
+    /// Clients that waited because every server was at its max_connections.
+    pub queued: AtomicU64,
+    /// Of those, closed after `queue_timeout` without a slot.
+    pub queue_timeouts: AtomicU64,
 }
 
 /// How one connect attempt to a server ended, as a worker saw it.
@@ -123,6 +158,22 @@ impl PassiveReports {
 pub struct PoolHandles {
     pub passive: Option<PassiveReports>,
     pub counters: Arc<PoolCounters>,
+    /// The pool's metric block (`None`: a fresh one, seen by no scrape).
+    pub stats: Option<Arc<PoolStats>>,
+    /// The metric blocks of the pool's servers, in config order (missing ones: fresh blocks).
+    pub servers: Vec<Arc<ServerStats>>,
+}
+
+impl PoolHandles {
+    /// Handles whose metric blocks are those `metrics` keeps for `pool` and its servers (by name,
+    /// so a reloaded pool gets the blocks it had).
+    pub fn with_metrics(pool: &PoolConfig, metrics: &crate::metrics::Metrics) -> PoolHandles {
+        PoolHandles {
+            stats: Some(metrics.pool(&pool.name)),
+            servers: pool.servers.iter().map(|s| metrics.server(&pool.name, &s.name)).collect(),
+            ..PoolHandles::default()
+        }
+    }
 }
 
 impl PoolTable {
@@ -133,7 +184,7 @@ impl PoolTable {
         if !self.all_down {
             return server.usable();
         }
-        self.on_all_down == OnAllDown::FailOpen && server.state != ServerState::Draining && server.weight > 0
+        self.on_all_down == OnAllDown::FailOpen && !server.set_aside() && server.weight > 0
     }
 
     /// Counts a new client that found every server down (call once per client).
@@ -148,49 +199,76 @@ impl PoolTable {
 
 impl BackendTable {
     /// Every server up, no passive detection: the table of a process without a prober.
-    pub fn from_config(config: &Config) -> BackendTable {
+    pub fn from_config(config: &Config) -> Result<BackendTable, TableError> {
         let handles = vec![PoolHandles::default(); config.pools.len()];
-        BackendTable::build(config, 0, &handles, |_, _| ServerState::Up)
+        BackendTable::build(config, 0, &handles, None, |_, _| (ServerState::Up, None))
     }
 
-    /// A snapshot of `config`'s pools with `handles[pool]` and `state(pool, server)`.
+    /// A snapshot of `config`'s pools with `handles[pool]` and `status(pool, server)` (state, and
+    /// when the server last came up, for slow start). Each pool's balancer carries the connection
+    /// counts of `previous`'s pool of the same name over to the new snapshot.
     pub fn build(
         config: &Config,
         version: u64,
         handles: &[PoolHandles],
-        state: impl Fn(usize, usize) -> ServerState,
-    ) -> BackendTable {
-        let pools = config
-            .pools
-            .iter()
-            .enumerate()
-            .map(|(p, pool)| {
-                let servers: Vec<ServerEntry> = pool
-                    .servers
-                    .iter()
-                    .enumerate()
-                    .map(|(s, server)| ServerEntry {
-                        name: server.name.clone(),
-                        addr: server.resolved,
-                        weight: server.weight,
-                        state: state(p, s),
-                    })
-                    .collect();
-                let handles = handles.get(p).cloned().unwrap_or_default();
-                PoolTable {
-                    name: pool.name.clone(),
-                    connect_timeout: pool.connect_timeout,
-                    idle_timeout: pool.idle_timeout,
-                    retries: pool.retries,
-                    on_all_down: pool.health.on_all_down,
-                    all_down: !servers.iter().any(ServerEntry::usable),
-                    passive: handles.passive,
-                    counters: handles.counters,
-                    servers,
-                }
-            })
-            .collect();
-        BackendTable { pools, version }
+        previous: Option<&BackendTable>,
+        status: impl Fn(usize, usize) -> (ServerState, Option<Instant>),
+    ) -> Result<BackendTable, TableError> {
+        let workers = config.runtime.workers;
+        let mut pools = Vec::with_capacity(config.pools.len());
+        for (p, pool) in config.pools.iter().enumerate() {
+            let handles = handles.get(p).cloned().unwrap_or_default();
+            let statuses: Vec<(ServerState, Option<Instant>)> = (0..pool.servers.len()).map(|s| status(p, s)).collect();
+            let servers: Vec<ServerEntry> = pool
+                .servers
+                .iter()
+                .zip(&statuses)
+                .enumerate()
+                .map(|(s, (server, &(state, _)))| ServerEntry {
+                    name: server.name.clone(),
+                    addr: server.resolved,
+                    weight: server.weight,
+                    state,
+                    stats: handles.servers.get(s).cloned().unwrap_or_else(|| Arc::new(ServerStats::new(workers))),
+                })
+                .collect();
+            let all_down = !servers.iter().any(ServerEntry::usable);
+            let fail_open = all_down && pool.health.on_all_down == OnAllDown::FailOpen;
+            let specs: Vec<ServerSpec> = pool
+                .servers
+                .iter()
+                .zip(&statuses)
+                .map(|(server, &(state, up_since))| ServerSpec {
+                    name: server.name.clone(),
+                    addr: server.resolved,
+                    weight: server.weight,
+                    backup: server.backup,
+                    max_connections: server.max_connections,
+                    slow_start: server.slow_start,
+                    // Failing open ignores health, never an operator's drain.
+                    up: state == ServerState::Up || (fail_open && state == ServerState::Down),
+                    up_since,
+                })
+                .collect();
+            let before = previous.and_then(|t| t.pools.iter().find(|old| old.name == pool.name));
+            let balancer = Balancer::build(policy(pool), &specs, before.map(|old| &old.balancer))
+                .map_err(|source| TableError { pool: pool.name.clone(), source })?;
+            pools.push(PoolTable {
+                name: pool.name.clone(),
+                connect_timeout: pool.connect_timeout,
+                idle_timeout: pool.idle_timeout,
+                retries: pool.retries,
+                queue_timeout: pool.queue_timeout,
+                balancer,
+                on_all_down: pool.health.on_all_down,
+                all_down,
+                passive: handles.passive,
+                counters: handles.counters,
+                stats: handles.stats.unwrap_or_else(|| Arc::new(PoolStats::new(workers))),
+                servers,
+            });
+        }
+        Ok(BackendTable { pools, version })
     }
 
     pub fn pool_index(&self, name: &str) -> Option<usize> {
@@ -204,6 +282,25 @@ impl BackendTable {
         let report = ConnectReport { version: self.version, pool: pool as u32, server: server as u32, outcome };
         // Full (the prober is behind) or disconnected (it stopped): either way nothing to do.
         let _ = passive.0.try_send(report);
+    }
+}
+
+/// A pool whose servers the balancing policy refuses (validation keeps this from happening).
+#[derive(Debug, thiserror::Error)]
+#[error("pool {pool}: {source}")]
+pub struct TableError {
+    pub pool: String,
+    pub source: BuildError,
+}
+
+/// The balancing policy a pool's config asks for.
+fn policy(pool: &PoolConfig) -> Policy {
+    match pool.balance {
+        Balance::RoundRobin => Policy::RoundRobin,
+        Balance::LeastConn => Policy::LeastConn,
+        Balance::SourceHash => Policy::SourceHash { table_size: pool.hash_table_size },
+        Balance::RandomTwo => Policy::RandomTwo,
+        Balance::First => Policy::First,
     }
 }
 
@@ -227,7 +324,7 @@ mod tests {
 
     fn table(on_all_down: &str, states: [ServerState; 3]) -> BackendTable {
         let handles = [PoolHandles::default()];
-        BackendTable::build(&config(on_all_down), 1, &handles, |_, s| states[s])
+        BackendTable::build(&config(on_all_down), 1, &handles, None, |_, s| (states[s], None)).expect("valid pool")
     }
 
     fn eligible(table: &BackendTable) -> Vec<bool> {
@@ -252,6 +349,9 @@ mod tests {
         assert_eq!(eligible(&t), [false, false, false]);
         let t = table("fail-open", [Down, Down, Draining]);
         assert_eq!(eligible(&t), [true, true, false]);
+        let t = table("fail-open", [Down, Disabled, Draining]);
+        assert!(t.pools[0].all_down);
+        assert_eq!(eligible(&t), [true, false, false]);
         assert!(!t.pools[0].eligible(3), "out of range");
     }
 
@@ -261,7 +361,7 @@ mod tests {
         let handles = [PoolHandles::default()];
         let config = config("reject");
         for version in 1..=3 {
-            let t = BackendTable::build(&config, version, &handles, |_, _| Down);
+            let t = BackendTable::build(&config, version, &handles, None, |_, _| (Down, None)).expect("valid pool");
             t.pools[0].count_all_down();
         }
         assert_eq!(handles[0].counters.rejected.load(Ordering::Relaxed), 3);
@@ -275,7 +375,8 @@ mod tests {
     fn reports_carry_the_snapshot_version_and_never_block() {
         let (sender, receiver) = crossbeam::channel::bounded(1);
         let handles = [PoolHandles { passive: Some(PassiveReports::new(sender)), ..PoolHandles::default() }];
-        let t = BackendTable::build(&config("reject"), 7, &handles, |_, _| ServerState::Up);
+        let t = BackendTable::build(&config("reject"), 7, &handles, None, |_, _| (ServerState::Up, None))
+            .expect("valid pool");
         t.report_connect(0, 2, ConnectOutcome::Failed(libc::ECONNREFUSED));
         // The channel is full: dropped, not blocked on.
         t.report_connect(0, 1, ConnectOutcome::Connected);

@@ -52,6 +52,13 @@ pub const MAX_RETRIES: u32 = 100;
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// Upper bound of `pools.*.servers[].weight`.
 pub const MAX_WEIGHT: u32 = 256;
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Maglev's lookup table: a prime well above the server count keeps the shares within 1 %.
+pub const DEFAULT_HASH_TABLE_SIZE: u32 = 65537;
+pub const MAX_HASH_TABLE_SIZE: u32 = 1 << 24;
+/// Servers one pool may have (the balancing policies index them with 16 bits and build tables
+/// per pool; far beyond any real pool).
+pub const MAX_SERVERS: usize = 1024;
 /// `pools.*.health.interval` when absent; `timeout` defaults to the interval.
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// `pools.*.health.rise` when absent: consecutive successful checks that bring a server up.
@@ -82,6 +89,9 @@ pub struct Config {
     pub admin: AdminConfig,
     pub listeners: Vec<ListenerConfig>,
     pub pools: Vec<PoolConfig>,
+    /// The sha256 of the file's bytes in lowercase hex, as `sha256sum` prints it: two nodes run
+    /// the same configuration when their digests are equal.
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +106,11 @@ pub struct RuntimeConfig {
     pub user: Option<String>,
     /// How the data path moves bytes.
     pub splice: SpliceMode,
+    /// One log line per connection at close.
+    pub log_connections: bool,
+    /// Where `ringlb run` writes its process id (`ringlb reload` reads it); a relative path in
+    /// the file is taken relative to the file's directory.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// `runtime.splice`: when the data path uses splice (through pipes, on io-wq kernel threads)
@@ -138,13 +153,24 @@ pub struct ListenerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Balance {
     RoundRobin,
+    LeastConn,
+    SourceHash,
+    RandomTwo,
+    First,
 }
 
 impl Balance {
+    pub const ALL: [Balance; 5] =
+        [Balance::RoundRobin, Balance::LeastConn, Balance::SourceHash, Balance::RandomTwo, Balance::First];
+
     /// The spelling used in the file.
     pub fn name(self) -> &'static str {
         match self {
             Balance::RoundRobin => "round-robin",
+            Balance::LeastConn => "least-conn",
+            Balance::SourceHash => "source-hash",
+            Balance::RandomTwo => "random-two",
+            Balance::First => "first",
         }
     }
 }
@@ -157,6 +183,10 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// Extra attempts on other servers after a refused or timed-out connect.
     pub retries: u32,
+    /// How long a client waits for a server slot when every server is at its max_connections.
+    pub queue_timeout: Duration,
+    /// Size of the source-hash (Maglev) lookup table, a prime.
+    pub hash_table_size: u32,
     pub health: HealthConfig,
     pub servers: Vec<ServerConfig>,
 }
@@ -285,7 +315,14 @@ pub struct ServerConfig {
     pub addr: String,
     /// `addr` resolved at load time.
     pub resolved: SocketAddr,
+    /// 0 = no new connections (draining by configuration).
     pub weight: u32,
+    /// Used only when no non-backup server of the pool is usable.
+    pub backup: bool,
+    /// Concurrent connections to this server; 0 = unlimited.
+    pub max_connections: u32,
+    /// After the server comes (back) up, its effective weight ramps up over this long; zero = off.
+    pub slow_start: Duration,
     /// False (`check = false`): never checked, always up.
     pub check: bool,
     /// The port checks connect to instead of the server's own (`check_port`).
@@ -340,7 +377,17 @@ pub(crate) fn parse_with(text: &str, path: &Path, resolve: Resolve) -> Result<Co
     // map that names the key of a serde error in the typed read.
     let document: document::Document = toml::from_str(text).map_err(|e| invalid(locate::explain(&e, None)))?;
     let raw: raw::RawConfig = toml::from_str(text).map_err(|e| invalid(locate::explain(&e, Some(&document))))?;
-    validate::validate(raw, text, path, resolve).map_err(invalid)
+    let mut config = validate::validate(raw, text, path, resolve).map_err(invalid)?;
+    config.sha256 = sha256_hex(text.as_bytes());
+    Ok(config)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().fold(String::with_capacity(64), |mut hex, byte| {
+        hex.push_str(&format!("{byte:02x}"));
+        hex
+    })
 }
 
 /// Why a configuration was refused. Displays as one line: `FILE: reason` when the file could not
@@ -400,8 +447,12 @@ pub enum Problem {
     DuplicateBind { key: KeyPath, bind: SocketAddr, first: String },
     #[error("{key}: no pool named {pool:?}")]
     NoSuchPool { key: KeyPath, pool: String },
-    #[error("{key}: unknown balance {text:?}, expected round-robin")]
+    #[error("{key}: unknown balance {text:?}, expected round-robin, least-conn, source-hash, random-two or first")]
     UnknownBalance { key: KeyPath, text: String },
+    #[error("{key}: {value} is not a prime (source-hash needs a prime table size, e.g. 65537)")]
+    NotPrime { key: KeyPath, value: u32 },
+    #[error("{pool}: {count} servers; at most {max} per pool")]
+    TooManyServers { pool: KeyPath, count: usize, max: usize },
     #[error("{pool}: no servers (add a [[{pool}.servers]] table with an addr)")]
     NoServers { pool: KeyPath },
     #[error("{key}: invalid address {addr:?}: {reason}")]

@@ -35,6 +35,8 @@ pub struct RawRuntime {
     pub shutdown_grace: Option<Spanned<String>>,
     pub user: Option<Spanned<String>>,
     pub splice: Option<Spanned<String>>,
+    pub log_connections: Option<Spanned<bool>>,
+    pub pid_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, DeriveDeserialize)]
@@ -58,6 +60,8 @@ pub struct RawPool {
     pub connect_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub retries: Option<Spanned<Int>>,
+    pub queue_timeout: Option<Spanned<String>>,
+    pub hash_table_size: Option<Spanned<Int>>,
     pub health: Option<Table<RawHealth>>,
     #[serde(default)]
     pub servers: Vec<Table<RawServer>>,
@@ -88,6 +92,9 @@ pub struct RawServer {
     pub addr: Spanned<String>,
     pub weight: Option<Spanned<Int>>,
     pub name: Option<Spanned<String>>,
+    pub backup: Option<Spanned<bool>>,
+    pub max_connections: Option<Spanned<Int>>,
+    pub slow_start: Option<Spanned<String>>,
     pub check: Option<Spanned<bool>>,
     pub check_port: Option<Spanned<Int>>,
 }

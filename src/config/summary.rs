@@ -22,6 +22,9 @@ impl Config {
             runtime.max_connections,
             duration::display(runtime.shutdown_grace)
         );
+        if let Some(pid_file) = &runtime.pid_file {
+            let _ = writeln!(out, "pid_file {}", pid_file.display());
+        }
         let _ = writeln!(out, "admin {}", self.admin.bind);
         for listener in &self.listeners {
             let _ = writeln!(

@@ -381,13 +381,13 @@ fn unknown_keys_name_their_table_and_the_expected_keys() {
     );
     assert_eq!(
         error(&format!("{MINIMAL}weight = 1\nport = 80\n")),
-        "x.toml:9:1: unknown key `port` in pools.web.servers[0], expected one of addr, weight, name, check, \
-         check_port"
+        "x.toml:9:1: unknown key `port` in pools.web.servers[0], expected one of addr, weight, name, \
+         backup, max_connections, slow_start, check, check_port"
     );
     assert_eq!(
         error(&format!("[runtime]\nworker = 1\n{MINIMAL}")),
         "x.toml:2:1: unknown key `worker` in [runtime], expected one of workers, \
-         max_connections, shutdown_grace, user, splice"
+         max_connections, shutdown_grace, user, splice, log_connections, pid_file"
     );
     assert_eq!(
         error(&format!("{MINIMAL}[listener.api]\n")),
@@ -402,12 +402,12 @@ fn unknown_keys_name_their_table_and_the_expected_keys() {
     // A key that is not printable is escaped, keeping the message on one line.
     assert_eq!(
         error(&format!("{MINIMAL}\"a\\nb\" = 1\n")),
-        r#"x.toml:8:1: unknown key `"a\nb"` in pools.web.servers[0], expected one of addr, weight, name, check, check_port"#
+        r#"x.toml:8:1: unknown key `"a\nb"` in pools.web.servers[0], expected one of addr, weight, name, backup, max_connections, slow_start, check, check_port"#
     );
     assert_eq!(
         error("pools.p.servers = [{ addr = \"127.0.0.1:1\" }, { adr = \"x\" }]\n"),
-        "x.toml:1:48: unknown key `adr` in pools.p.servers[1], expected one of addr, weight, name, check, \
-         check_port"
+        "x.toml:1:48: unknown key `adr` in pools.p.servers[1], expected one of addr, weight, name, \
+         backup, max_connections, slow_start, check, check_port"
     );
 }
 
@@ -524,13 +524,15 @@ fn integers_are_range_checked() {
         error(&MINIMAL.replace("pool = \"web\"\n", "pool = \"web\"\nmax_connections = 0\n")),
         "x.toml:4:19: listeners.web.max_connections: must be between 1 and 4294967295, got 0"
     );
+    // 0 is a valid weight: the server keeps its connections and gets no new one.
+    assert_eq!(ok(&format!("{MINIMAL}weight = 0\n")).pools[0].servers[0].weight, 0);
     assert_eq!(
-        error(&format!("{MINIMAL}weight = 0\n")),
-        "x.toml:8:10: pools.web.servers[0].weight: must be between 1 and 256, got 0"
+        error(&format!("{MINIMAL}max_connections = -1\n")),
+        "x.toml:8:19: pools.web.servers[0].max_connections: must be between 0 and 4294967295, got -1"
     );
     assert_eq!(
         error(&format!("{MINIMAL}weight = 257\n")),
-        "x.toml:8:10: pools.web.servers[0].weight: must be between 1 and 256, got 257"
+        "x.toml:8:10: pools.web.servers[0].weight: must be between 0 and 256, got 257"
     );
     assert_eq!(
         error(&format!("[runtime]\nworkers = -1\n{MINIMAL}")),
@@ -588,7 +590,7 @@ fn names_and_balance_are_checked() {
     );
     assert_eq!(
         error(&MINIMAL.replace("[pools.web]\n", "[pools.web]\nbalance = \"random\"\n")),
-        r#"x.toml:6:11: pools.web.balance: unknown balance "random", expected round-robin"#
+        r#"x.toml:6:11: pools.web.balance: unknown balance "random", expected round-robin, least-conn, source-hash, random-two or first"#
     );
 }
 
@@ -617,7 +619,7 @@ fn at_least_one_listener() {
 #[test]
 fn the_earliest_problem_in_the_file_is_reported() {
     // The listener (checked last) has the earlier problem.
-    let text = format!("{}{}", MINIMAL.replace("pool = \"web\"", "pool = \"nope\""), "weight = 0\n");
+    let text = format!("{}{}", MINIMAL.replace("pool = \"web\"", "pool = \"nope\""), "weight = 300\n");
     assert_eq!(error(&text), r#"x.toml:3:8: listeners.web.pool: no pool named "nope""#);
 }
 
@@ -626,4 +628,31 @@ fn load_reports_unreadable_files_in_one_line() {
     let missing = Path::new("/nonexistent/ringlb.toml");
     let message = load(missing).expect_err("missing file").to_string();
     assert_eq!(message, "/nonexistent/ringlb.toml: No such file or directory");
+}
+
+#[test]
+fn pid_file_is_relative_to_the_config_file_and_never_empty() {
+    assert_eq!(ok(MINIMAL).runtime.pid_file, None);
+    let at = |pid_file: &str, config: &str| {
+        let text = format!("[runtime]\npid_file = \"{pid_file}\"\n{MINIMAL}");
+        match parse_with(&text, Path::new(config), &fake_resolve) {
+            Ok(config) => config.runtime.pid_file,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(at("/run/ringlb.pid", "/etc/ringlb/ringlb.toml"), Some("/run/ringlb.pid".into()));
+    assert_eq!(at("ringlb.pid", "/etc/ringlb/ringlb.toml"), Some("/etc/ringlb/ringlb.pid".into()));
+    assert_eq!(at("run/ringlb.pid", "ringlb.toml"), Some("run/ringlb.pid".into()));
+    assert_eq!(
+        error(&format!("[runtime]\npid_file = \"\"\n{MINIMAL}")),
+        "x.toml:2:12: runtime.pid_file: must not be empty"
+    );
+}
+
+#[test]
+fn the_digest_is_sha256sum_of_the_file() {
+    // `printf '%s' "$MINIMAL" | sha256sum`
+    assert_eq!(ok(MINIMAL).sha256, "7c2334a7948ef77b9d09b51808a2460ca9cb2afb4c4c9d3343f00fc734edbddc");
+    // A comment changes the file, so the digest.
+    assert_ne!(ok(&format!("# web\n{MINIMAL}")).sha256, ok(MINIMAL).sha256);
 }

@@ -22,6 +22,7 @@ use super::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_RETRIES, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WEIGHT, DEFAULT_WORKERS, MAX_RETRIES,
     MAX_WEIGHT, MAX_WORKERS,
 };
+use super::{DEFAULT_HASH_TABLE_SIZE, DEFAULT_QUEUE_TIMEOUT, MAX_HASH_TABLE_SIZE, MAX_SERVERS};
 
 /// The longest listener or pool name; names end up in logs and metric labels.
 const MAX_NAME_LEN: usize = 64;
@@ -31,7 +32,7 @@ const SERVER_NAME_RULE: &str = "1 to 128 characters, no spaces or control charac
 
 pub(super) fn validate(raw: RawConfig, text: &str, path: &Path, resolve: Resolve) -> Result<Config, (usize, Problem)> {
     let mut check = Checker { text, problems: Vec::new() };
-    let runtime = check.runtime(&raw.runtime);
+    let runtime = check.runtime(&raw.runtime, path);
     let (admin, admin_bind) = check.admin(&raw.admin);
     let pools = raw.pools.iter().map(|(name, pool)| check.pool(name, pool, resolve)).collect();
     let (listeners, listener_binds) = check.listeners(&raw, &runtime);
@@ -39,7 +40,7 @@ pub(super) fn validate(raw: RawConfig, text: &str, path: &Path, resolve: Resolve
 
     match check.problems.iter().min_by_key(|(offset, _)| *offset) {
         Some(earliest) => Err(earliest.clone()),
-        None => Ok(Config { path: path.to_owned(), runtime, admin, listeners, pools }),
+        None => Ok(Config { path: path.to_owned(), runtime, admin, listeners, pools, sha256: String::new() }),
     }
 }
 
@@ -67,7 +68,7 @@ impl Checker<'_> {
         Position::of(self.text, offset).line
     }
 
-    fn runtime(&mut self, raw: &RawRuntime) -> RuntimeConfig {
+    fn runtime(&mut self, raw: &RawRuntime, path: &Path) -> RuntimeConfig {
         let key = KeyPath::root().key("runtime");
         let workers = self.int(&raw.workers, key.key("workers"), 0, MAX_WORKERS);
         let workers = match workers.unwrap_or(DEFAULT_WORKERS) {
@@ -100,7 +101,19 @@ impl Checker<'_> {
                 }
             },
         };
-        RuntimeConfig { workers, max_connections, shutdown_grace, user, splice }
+        let pid_file = match &raw.pid_file {
+            Some(file) if file.get_ref().is_empty() => {
+                let message = "must not be empty".to_string();
+                self.fail(file.span().start, Problem::BadValue { key: key.key("pid_file"), message });
+                None
+            }
+            // Relative to the file's directory, so that `ringlb reload -c FILE` finds the file
+            // `ringlb run -c FILE` wrote wherever each is started from.
+            Some(file) => Some(path.parent().unwrap_or(Path::new("")).join(file.get_ref())),
+            None => None,
+        };
+        let log_connections = raw.log_connections.as_ref().is_some_and(|v| *v.get_ref());
+        RuntimeConfig { workers, max_connections, shutdown_grace, user, splice, log_connections, pid_file }
     }
 
     /// The admin section and its bind for the duplicate check (none when the bind is invalid).
@@ -222,7 +235,9 @@ impl Checker<'_> {
         self.name(name, &key, MAX_NAME_LEN, NAME_RULE, is_name_char);
         let balance = match &pool.balance {
             None => DEFAULT_BALANCE,
-            Some(text) if text.get_ref() == Balance::RoundRobin.name() => Balance::RoundRobin,
+            Some(text) if Balance::ALL.iter().any(|b| b.name() == text.get_ref()) => {
+                Balance::ALL.into_iter().find(|b| b.name() == text.get_ref()).unwrap_or(DEFAULT_BALANCE)
+            }
             Some(text) => {
                 let problem = Problem::UnknownBalance { key: key.key("balance"), text: text.get_ref().clone() };
                 self.fail(text.span().start, problem);
@@ -234,6 +249,21 @@ impl Checker<'_> {
         let idle_timeout =
             self.duration(&pool.idle_timeout, key.key("idle_timeout"), false).unwrap_or(DEFAULT_IDLE_TIMEOUT);
         let retries = self.int(&pool.retries, key.key("retries"), 0, MAX_RETRIES).unwrap_or(DEFAULT_RETRIES);
+        let queue_timeout =
+            self.duration(&pool.queue_timeout, key.key("queue_timeout"), true).unwrap_or(DEFAULT_QUEUE_TIMEOUT);
+        let hash_table_size = match self.int(&pool.hash_table_size, key.key("hash_table_size"), 2, MAX_HASH_TABLE_SIZE)
+        {
+            Some(size) if !is_prime(size) => {
+                let offset = pool.hash_table_size.as_ref().map_or(0, |v| v.span().start);
+                self.fail(offset, Problem::NotPrime { key: key.key("hash_table_size"), value: size });
+                DEFAULT_HASH_TABLE_SIZE
+            }
+            size => size.unwrap_or(DEFAULT_HASH_TABLE_SIZE),
+        };
+        if pool.servers.len() > MAX_SERVERS {
+            let problem = Problem::TooManyServers { pool: key.clone(), count: pool.servers.len(), max: MAX_SERVERS };
+            self.fail(name.span().start, problem);
+        }
         let health = self.health(pool.health.as_deref(), &key.key("health"));
 
         if pool.servers.is_empty() {
@@ -264,7 +294,17 @@ impl Checker<'_> {
             }
             servers.push(name);
         }
-        PoolConfig { name: name.get_ref().clone(), balance, connect_timeout, idle_timeout, retries, health, servers }
+        PoolConfig {
+            name: name.get_ref().clone(),
+            balance,
+            connect_timeout,
+            idle_timeout,
+            retries,
+            queue_timeout,
+            hash_table_size,
+            health,
+            servers,
+        }
     }
 
     /// A validated server and the offset of the text its name comes from (the `name` value, or
@@ -272,7 +312,7 @@ impl Checker<'_> {
     fn server(&mut self, server: &RawServer, key: &KeyPath, resolve: Resolve) -> Option<(ServerConfig, usize)> {
         let weight = match &server.weight {
             None => Some(DEFAULT_WEIGHT),
-            Some(_) => self.int(&server.weight, key.key("weight"), 1, MAX_WEIGHT),
+            Some(_) => self.int(&server.weight, key.key("weight"), 0, MAX_WEIGHT),
         };
         let (name, name_offset) = match &server.name {
             Some(name) => {
@@ -295,7 +335,20 @@ impl Checker<'_> {
         let check = server.check.as_ref().map_or(true, |check| *check.get_ref());
         // An invalid port is recorded as a problem; the config is refused then.
         let check_port = self.int(&server.check_port, key.key("check_port"), 1, u16::MAX);
-        let server = ServerConfig { name, addr: addr.clone(), resolved: resolved?, weight: weight?, check, check_port };
+        let backup = server.backup.as_ref().is_some_and(|b| *b.get_ref());
+        let max_connections = self.int(&server.max_connections, key.key("max_connections"), 0, u32::MAX).unwrap_or(0);
+        let slow_start = self.duration(&server.slow_start, key.key("slow_start"), true).unwrap_or(Duration::ZERO);
+        let server = ServerConfig {
+            name,
+            addr: addr.clone(),
+            resolved: resolved?,
+            weight: weight?,
+            backup,
+            max_connections,
+            slow_start,
+            check,
+            check_port,
+        };
         Some((server, name_offset))
     }
 
@@ -381,4 +434,8 @@ fn is_host_name(host: &str) -> bool {
                 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     labels_ok && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+fn is_prime(n: u32) -> bool {
+    n >= 2 && (2..).take_while(|d: &u32| u64::from(*d) * u64::from(*d) <= u64::from(n)).all(|d| n % d != 0)
 }

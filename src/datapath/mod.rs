@@ -3,8 +3,9 @@
 //! Each worker owns one ring, one SO_REUSEPORT listening socket per listener, a slab of
 //! connections and a pipe pool. It reads the backend table snapshot (arc-swap) when it picks a
 //! server and shares nothing else with the other workers but the connection counters that enforce
-//! `max_connections`. It depends only on config, the backend table and (later) metrics; the
-//! control plane talks to it through [`DataPath`]: the table it publishes and `shutdown()`.
+//! `max_connections`. It depends only on config, the backend table and metrics (each worker counts
+//! in its own blocks, see [`crate::metrics`]); the control plane talks to it through [`DataPath`]:
+//! the table it publishes and `shutdown()`.
 //!
 //! Files: `listener` (sockets), `worker` (ring set-up, event loop, accepts, timers), `proxy`
 //! (connect chain, splicing, teardown), `flow` (one direction's pure state machine), `pipes` and
@@ -12,6 +13,7 @@
 //! `ops` (what `user_data` means).
 
 mod buffers;
+mod connlog;
 mod flow;
 mod listener;
 mod ops;
@@ -22,41 +24,83 @@ mod worker;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::config::{Config, SpliceMode};
+use arc_swap::ArcSwap;
+use crossbeam::channel::Sender;
+
+use crate::config::{Config, ListenerConfig, SpliceMode};
+use crate::metrics::{ListenerStats, Metrics};
 use crate::table::SharedTable;
 
 /// State shared by every worker: limits, live counters and the shutdown flag. Written rarely
-/// (once per connection open/close), never per byte.
+/// (once per connection open/close, or by a reload), never per byte.
 pub struct Shared {
     pub shutdown: AtomicBool,
-    pub splice: SpliceMode,
-    pub grace: Duration,
-    pub max_connections: u32,
+    /// `SpliceMode` as `splice_mode_code`; a reload changes it for new connections.
+    pub splice: AtomicU8,
+    pub grace_ms: AtomicU64,
+    pub max_connections: AtomicU32,
     pub active: AtomicU32,
-    pub listeners: Vec<ListenerShared>,
+    /// `[runtime] log_connections`.
+    pub log_connections: AtomicBool,
 }
 
+/// One listener as every worker sees it. Workers keep it for as long as a connection accepted on
+/// it is open, also after a reload removed the listener.
 pub struct ListenerShared {
     pub name: String,
-    pub pool: String,
-    pub max_connections: u32,
+    /// The pool its connections go to (a reload may point it at another).
+    pub pool: ArcSwap<String>,
+    pub max_connections: AtomicU32,
     pub active: AtomicU32,
+    /// Its metric block (each worker counts in its own slot), kept by name in the registry.
+    pub stats: Arc<ListenerStats>,
+}
+
+impl ListenerShared {
+    fn new(config: &ListenerConfig, metrics: &Metrics) -> ListenerShared {
+        ListenerShared {
+            name: config.name.clone(),
+            pool: ArcSwap::from_pointee(config.pool.clone()),
+            max_connections: AtomicU32::new(config.max_connections),
+            active: AtomicU32::new(0),
+            stats: metrics.listener(&config.name),
+        }
+    }
+}
+
+fn splice_mode_code(mode: SpliceMode) -> u8 {
+    match mode {
+        SpliceMode::Auto => 0,
+        SpliceMode::Always => 1,
+        SpliceMode::Never => 2,
+    }
 }
 
 impl Shared {
+    pub fn splice_mode(&self) -> SpliceMode {
+        match self.splice.load(Ordering::Relaxed) {
+            1 => SpliceMode::Always,
+            2 => SpliceMode::Never,
+            _ => SpliceMode::Auto,
+        }
+    }
+
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms.load(Ordering::Relaxed))
+    }
+
     /// Counts one more served connection against the process and listener limits, or fails if
     /// either is reached (exact under concurrency: a compare-and-swap on each counter).
-    pub fn try_reserve(&self, listener: usize) -> bool {
-        if !reserve(&self.active, self.max_connections) {
+    pub fn try_reserve(&self, listener: &ListenerShared) -> bool {
+        if !reserve(&self.active, self.max_connections.load(Ordering::Relaxed)) {
             return false;
         }
-        let l = &self.listeners[listener];
-        if !reserve(&l.active, l.max_connections) {
+        if !reserve(&listener.active, listener.max_connections.load(Ordering::Relaxed)) {
             self.active.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
@@ -64,10 +108,18 @@ impl Shared {
     }
 
     /// Gives back a closed connection's count.
-    pub fn release(&self, listener: usize) {
+    pub fn release(&self, listener: &ListenerShared) {
         self.active.fetch_sub(1, Ordering::Relaxed);
-        self.listeners[listener].active.fetch_sub(1, Ordering::Relaxed);
+        listener.active.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// What the control plane asks a running worker to do (sent with a wake-up of its eventfd).
+pub enum Control {
+    /// Serve a new listener on `fd`, this worker's socket of its SO_REUSEPORT group.
+    AddListener { fd: RawFd, listener: Arc<ListenerShared> },
+    /// Stop accepting on the listener named `name` and close its socket; its open connections go on.
+    RetireListener { name: String },
 }
 
 fn reserve(counter: &AtomicU32, max: u32) -> bool {
@@ -102,7 +154,15 @@ pub struct Listeners {
 pub struct DataPath {
     shared: Arc<Shared>,
     workers: Vec<(JoinHandle<Result<(), DataPathError>>, RawFd)>,
+    control: Vec<Sender<Control>>,
+    /// The listeners being served, with their shared state.
+    listeners: Vec<(BoundListener, Arc<ListenerShared>)>,
     pub bound: Vec<BoundListener>,
+    /// Connections the workers can hold together: each ring's registered table is capped by
+    /// RLIMIT_NOFILE, two sockets per connection plus the pipe range.
+    pub capacity: u64,
+    /// Where listeners added by a reload find their metric blocks.
+    metrics: Arc<Metrics>,
 }
 
 impl DataPath {
@@ -127,37 +187,40 @@ impl DataPath {
 
     /// Starts the workers on bound listeners. Rings are created here, in the worker threads, so
     /// after any privilege drop: io_uring's kernel threads keep the credentials of their creator.
-    pub fn start(config: &Config, listeners: Listeners, table: SharedTable) -> Result<DataPath, DataPathError> {
+    pub fn start(
+        config: &Config,
+        listeners: Listeners,
+        table: SharedTable,
+        metrics: Arc<Metrics>,
+    ) -> Result<DataPath, DataPathError> {
         let Listeners { per_worker_fds, bound } = listeners;
         let workers = per_worker_fds.len();
         let shared = Arc::new(Shared {
             shutdown: AtomicBool::new(false),
-            splice: config.runtime.splice,
-            grace: config.runtime.shutdown_grace,
-            max_connections: config.runtime.max_connections,
+            splice: AtomicU8::new(splice_mode_code(config.runtime.splice)),
+            grace_ms: AtomicU64::new(config.runtime.shutdown_grace.as_millis() as u64),
+            max_connections: AtomicU32::new(config.runtime.max_connections),
             active: AtomicU32::new(0),
-            listeners: config
-                .listeners
-                .iter()
-                .map(|l| ListenerShared {
-                    name: l.name.clone(),
-                    pool: l.pool.clone(),
-                    max_connections: l.max_connections,
-                    active: AtomicU32::new(0),
-                })
-                .collect(),
+            log_connections: AtomicBool::new(config.runtime.log_connections),
         });
+        let listener_state: Vec<Arc<ListenerShared>> =
+            config.listeners.iter().map(|l| Arc::new(ListenerShared::new(l, &metrics))).collect();
         let mut handles = Vec::with_capacity(workers);
+        let mut control = Vec::with_capacity(workers);
         let (ready_tx, ready_rx) = crossbeam::channel::bounded(workers);
         for (id, fds) in per_worker_fds.into_iter().enumerate() {
             let wake = eventfd().map_err(|source| DataPathError::Worker { worker: id, what: "eventfd", source })?;
+            let (control_tx, control_rx) = crossbeam::channel::unbounded();
+            control.push(control_tx);
             let spec = worker::WorkerSpec {
                 id,
-                listen_fds: fds,
+                listen_fds: fds.into_iter().zip(listener_state.iter().cloned()).collect(),
+                control: control_rx,
                 wake_fd: wake,
                 table: table.clone(),
                 shared: shared.clone(),
                 max_connections: config.runtime.max_connections,
+                stats: metrics.worker(id),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("ringlb-w{id}"))
@@ -168,10 +231,11 @@ impl DataPath {
                 .map_err(|source| DataPathError::Worker { worker: id, what: "spawn", source })?;
             handles.push((handle, wake));
         }
-        let datapath = DataPath { shared, workers: handles, bound };
+        let listeners = bound.iter().cloned().zip(listener_state).collect();
+        let mut datapath = DataPath { shared, workers: handles, control, listeners, bound, capacity: 0, metrics };
         for _ in 0..workers {
             match ready_rx.recv() {
-                Ok(Ok(())) => {}
+                Ok(Ok(conns)) => datapath.capacity += u64::from(conns),
                 Ok(Err(message)) => {
                     datapath.shutdown();
                     let _ = datapath.join();
@@ -190,11 +254,76 @@ impl DataPath {
     /// Stops accepting; open connections get `shutdown_grace` to finish.
     pub fn shutdown(&self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
         for (_, wake) in &self.workers {
             let one: u64 = 1;
             // SAFETY: writing 8 bytes to an eventfd we own.
             unsafe { libc::write(*wake, (&one as *const u64).cast(), 8) };
         }
+    }
+
+    /// Applies a reloaded configuration to the running workers, without a new process and without
+    /// touching open connections: runtime limits and the splice mode change for new connections;
+    /// listeners that left the config (or moved to another address) stop accepting, new ones are
+    /// bound and served, and the others follow their new pool and limit. Returns one line per
+    /// change. `runtime.workers` changes need a restart (reported by the caller).
+    pub fn reload(&mut self, config: &Config) -> Result<Vec<String>, DataPathError> {
+        let mut changes = Vec::new();
+        self.shared.max_connections.store(config.runtime.max_connections, Ordering::Relaxed);
+        self.shared.splice.store(splice_mode_code(config.runtime.splice), Ordering::Relaxed);
+        self.shared.grace_ms.store(config.runtime.shutdown_grace.as_millis() as u64, Ordering::Relaxed);
+        self.shared.log_connections.store(config.runtime.log_connections, Ordering::Relaxed);
+        // Bind every new listener first: a failure leaves the running ones untouched.
+        let workers = self.workers.len();
+        let mut added = Vec::new();
+        for l in &config.listeners {
+            let kept = self.listeners.iter().any(|(b, _)| b.name == l.name && same_bind(b, l));
+            if kept {
+                continue;
+            }
+            match listener::bind_group(l.bind, workers) {
+                Ok((fds, addr)) => added.push((l, fds, addr)),
+                Err(source) => {
+                    close_all(added.iter().flat_map(|(_, fds, _)| fds.iter().copied()));
+                    return Err(DataPathError::Bind { name: l.name.clone(), addr: l.bind, source });
+                }
+            }
+        }
+        // Retire listeners that left or moved.
+        let mut kept = Vec::new();
+        for (bound, state) in std::mem::take(&mut self.listeners) {
+            match config.listeners.iter().find(|l| l.name == bound.name && same_bind(&bound, l)) {
+                Some(l) => {
+                    if **state.pool.load() != l.pool {
+                        changes.push(format!("listener {} now sends to pool {}", l.name, l.pool));
+                        state.pool.store(Arc::new(l.pool.clone()));
+                    }
+                    state.max_connections.store(l.max_connections, Ordering::Relaxed);
+                    kept.push((BoundListener { pool: l.pool.clone(), ..bound }, state));
+                }
+                None => {
+                    changes.push(format!("listener {} ({}) stops accepting", bound.name, bound.addr));
+                    for tx in &self.control {
+                        let _ = tx.send(Control::RetireListener { name: bound.name.clone() });
+                    }
+                }
+            }
+        }
+        for (l, fds, addr) in added {
+            let state = Arc::new(ListenerShared::new(l, &self.metrics));
+            for (tx, fd) in self.control.iter().zip(fds) {
+                let _ = tx.send(Control::AddListener { fd, listener: state.clone() });
+            }
+            changes.push(format!("listener {} bound {} -> pool {}", l.name, addr, l.pool));
+            kept.push((BoundListener { name: l.name.clone(), addr, pool: l.pool.clone() }, state));
+        }
+        self.listeners = kept;
+        self.bound = self.listeners.iter().map(|(b, _)| b.clone()).collect();
+        self.wake_all();
+        Ok(changes)
     }
 
     /// True when some worker has exited (normally only after `shutdown`).
@@ -220,6 +349,11 @@ impl DataPath {
         }
         result
     }
+}
+
+/// The listener keeps its sockets: the same address (a configured port 0 keeps the port it got).
+fn same_bind(bound: &BoundListener, config: &ListenerConfig) -> bool {
+    config.bind == bound.addr || (config.bind.port() == 0 && config.bind.ip() == bound.addr.ip())
 }
 
 fn eventfd() -> io::Result<RawFd> {

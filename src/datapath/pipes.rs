@@ -35,6 +35,7 @@ impl Pipe {
 
 pub struct PipePool {
     base: u32,
+    capacity: u32,
     /// Pipe indices whose slots are empty.
     unused: Vec<u32>,
     idle: Vec<Pipe>,
@@ -44,7 +45,12 @@ pub struct PipePool {
 impl PipePool {
     /// A pool for at most `capacity` pipes in slots `base .. base + 2 * capacity`.
     pub fn new(base: u32, capacity: u32, max_idle: usize) -> PipePool {
-        PipePool { base, unused: (0..capacity).rev().collect(), idle: Vec::with_capacity(max_idle), max_idle }
+        PipePool { base, capacity, unused: (0..capacity).rev().collect(), idle: Vec::with_capacity(max_idle), max_idle }
+    }
+
+    /// Pipes in the registered table, held or idle (each takes two slots).
+    pub fn installed(&self) -> u32 {
+        self.capacity - self.unused.len() as u32
     }
 
     /// An empty pipe: an idle one, or a new one. `Ok(None)` when the pool is at capacity.

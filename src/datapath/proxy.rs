@@ -7,6 +7,10 @@
 //! final completion); teardown cancels everything on both sockets, waits for `inflight` to reach
 //! zero, and only then closes the descriptors, returns the pipes and frees the slot. Nothing is
 //! reused while the kernel may still touch it.
+//!
+//! Counting (see `crate::metrics`): a connect outcome, each chunk of bytes delivered, and each close
+//! are counted in this worker's slot of the listener's, server's and pool's blocks: relaxed adds on
+//! lines no other worker writes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,8 +23,11 @@ use super::flow::{Flow, Mode, Outcome, Step};
 use super::ops::{self, Op};
 use super::pipes::Pipe;
 use super::worker::Worker;
+use crate::balance::{ExcludeSet, Pick};
 use crate::config::SpliceMode;
-use crate::table::{BackendTable, ConnectOutcome};
+pub use crate::metrics::CloseCause;
+use crate::metrics::{ConnectFailure, Direction};
+use crate::table::{BackendTable, ConnectOutcome, ServerEntry};
 
 const C2B: usize = 0;
 const B2C: usize = 1;
@@ -30,21 +37,11 @@ static ONE: libc::c_int = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Free,
+    /// Every server is at its max_connections: waiting for a slot (up to `queue_timeout`).
+    Queued,
     Connecting,
     Proxying,
     Closing,
-}
-
-/// Why a connection ended (for logs; metrics and the connection log come later).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseCause {
-    Done,
-    NoServer,
-    ConnectFailed,
-    ClientError,
-    BackendError,
-    IdleTimeout,
-    Shutdown,
 }
 
 /// The connect chain's five completions, gathered before deciding.
@@ -64,8 +61,13 @@ pub struct Conn {
     pool: usize,
     pub table: Option<Arc<BackendTable>>,
     server: usize,
-    tried: Vec<usize>,
+    /// The server whose slot this connection holds in its pool's balancer (released once).
+    reserved: Option<usize>,
+    exclude: ExcludeSet,
+    attempts: u32,
     attempts_left: u32,
+    peer: SocketAddr,
+    pub queued_until: Option<Instant>,
     client: u32,
     backend_open: bool,
     inflight: u32,
@@ -75,6 +77,12 @@ pub struct Conn {
     connect: ConnectResults,
     pub last_active: Instant,
     pub idle_timeout: Duration,
+    /// When the client was accepted into this slot (for the connection duration).
+    opened: Instant,
+    /// Connected to `server` (counted in its active connections until the close).
+    connected: bool,
+    /// Why the connection is closing (the first cause wins).
+    cause: CloseCause,
     addr: libc::sockaddr_storage,
     addr_len: libc::socklen_t,
     timeout_ts: types::Timespec,
@@ -89,8 +97,12 @@ impl Conn {
             pool: 0,
             table: None,
             server: 0,
-            tried: Vec::new(),
+            reserved: None,
+            exclude: ExcludeSet::new(),
+            attempts: 0,
             attempts_left: 0,
+            peer: super::worker::UNKNOWN_PEER,
+            queued_until: None,
             client: 0,
             backend_open: false,
             inflight: 0,
@@ -100,6 +112,9 @@ impl Conn {
             connect: ConnectResults::default(),
             last_active: Instant::now(),
             idle_timeout: Duration::MAX,
+            opened: Instant::now(),
+            connected: false,
+            cause: CloseCause::Done,
             // SAFETY: all-zero is a valid sockaddr_storage.
             addr: unsafe { std::mem::zeroed() },
             addr_len: 0,
@@ -117,18 +132,19 @@ impl Default for Conn {
 impl Worker {
     /// A client was accepted into registered slot `client`; it is already counted against the
     /// limits (see `Shared::try_reserve`).
-    pub fn open_connection(&mut self, listener: usize, client: u32) {
+    pub fn open_connection(&mut self, listener: usize, client: u32, peer: SocketAddr) {
         let shared = self.shared.clone();
         self.live += 1;
         let Some(slot) = self.alloc_slot() else {
             // The slab is as large as the accept range, so this cannot happen; close rather than leak.
             self.push(&[close_entry(client)]);
             self.live -= 1;
-            shared.release(listener);
+            shared.release(&self.acceptors[listener].listener);
+            self.listener_stats(listener).closed(self.id, CloseCause::NoServer);
             return;
         };
         let table = self.table.load_full();
-        let pool = table.pool_index(&shared.listeners[listener].pool);
+        let pool = table.pool_index(&self.acceptors[listener].listener.pool.load());
         let now = self.now;
         let c = &mut self.conns[slot as usize];
         c.phase = Phase::Connecting;
@@ -136,7 +152,7 @@ impl Worker {
         c.client = client;
         c.backend_open = false;
         c.inflight = 0;
-        let (mode, auto) = match shared.splice {
+        let (mode, auto) = match shared.splice_mode() {
             SpliceMode::Auto => (Mode::Copy, true),
             SpliceMode::Always => (Mode::Splice, false),
             SpliceMode::Never => (Mode::Copy, false),
@@ -144,8 +160,15 @@ impl Worker {
         c.flows = [Flow::new(mode, auto), Flow::new(mode, auto)];
         c.pipes = [None, None];
         c.bufs = [None, None];
-        c.tried.clear();
+        c.exclude.clear();
+        c.attempts = 0;
+        c.reserved = None;
+        c.queued_until = None;
+        c.peer = peer;
         c.last_active = now;
+        c.opened = now;
+        c.connected = false;
+        c.cause = CloseCause::Done;
         let Some(pool) = pool else {
             self.begin_close(slot, CloseCause::NoServer);
             return;
@@ -163,39 +186,62 @@ impl Worker {
         self.connect_next(slot);
     }
 
-    /// Round robin over the pool's eligible servers (usable ones, or every one when all are down
-    /// and the pool fails open), skipping those already tried.
-    fn pick(&mut self, slot: u32) -> Option<usize> {
+    /// Asks the pool's balancer for a server outside the ones already tried; `Server` reserves a
+    /// slot on it, which `release_server` gives back.
+    fn pick(&mut self, slot: u32) -> Pick {
         let c = &self.conns[slot as usize];
-        let table = c.table.as_ref()?;
-        let pool = &table.pools[c.pool];
-        let n = pool.servers.len();
-        let cursor = self.rr.get(c.pool).copied().unwrap_or(0);
-        let pick = (0..n).map(|i| (cursor + i) % n).find(|&i| pool.eligible(i) && !c.tried.contains(&i))?;
-        if let Some(r) = self.rr.get_mut(c.pool) {
-            *r = pick + 1;
+        let Some(table) = c.table.as_ref() else { return Pick::NoneUsable };
+        let pool = c.pool;
+        if self.balance.len() <= pool {
+            let id = self.id as u64;
+            self.balance.resize_with(pool + 1, || crate::balance::WorkerBalanceState::new(id));
         }
-        Some(pick)
+        table.pools[pool].balancer.select(&mut self.balance[pool], c.peer.ip(), &c.exclude, self.now)
     }
 
-    /// Submits the linked chain socket -> setsockopt x2 -> connect (+ link timeout) to the next
-    /// server, or closes the client when no attempt or server is left.
+    /// Gives back the connection's server slot (after a failed connect, or at close).
+    fn release_server(&mut self, slot: u32) {
+        let now = self.now;
+        let c = &mut self.conns[slot as usize];
+        if let (Some(server), Some(table)) = (c.reserved.take(), c.table.as_ref()) {
+            table.pools[c.pool].balancer.release(server, now);
+        }
+    }
+
+    /// Connects to the next server the balancer picks, queues the client when every server is
+    /// full, or closes it when no attempt or server is left.
     fn connect_next(&mut self, slot: u32) {
-        let attempts_left = self.conns[slot as usize].attempts_left;
-        let server = if attempts_left > 0 { self.pick(slot) } else { None };
-        let Some(server) = server else {
-            let cause = if self.conns[slot as usize].tried.is_empty() {
-                CloseCause::NoServer
-            } else {
-                CloseCause::ConnectFailed
-            };
-            self.begin_close(slot, cause);
-            return;
+        let c = &self.conns[slot as usize];
+        let pick = if c.attempts_left > 0 { self.pick(slot) } else { Pick::NoneUsable };
+        let c = &mut self.conns[slot as usize];
+        let server = match pick {
+            Pick::Server(server) => server,
+            Pick::AllFull => {
+                if c.queued_until.is_none() {
+                    let timeout = c.table.as_ref().map_or(Duration::ZERO, |t| t.pools[c.pool].queue_timeout);
+                    c.queued_until = Some(self.now + timeout);
+                    if let Some(t) = c.table.as_ref() {
+                        t.pools[c.pool].counters.queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                c.phase = Phase::Queued;
+                let gen = c.gen;
+                self.queue.push_back((slot, gen));
+                return;
+            }
+            Pick::NoneUsable => {
+                let cause = if c.attempts == 0 { CloseCause::NoServer } else { CloseCause::ConnectFailed };
+                self.begin_close(slot, cause);
+                return;
+            }
         };
+        c.phase = Phase::Connecting;
+        c.reserved = Some(server);
+        c.exclude.insert(server);
+        c.attempts += 1;
         let backend = self.layout.backend_slot(slot);
         let c = &mut self.conns[slot as usize];
         c.attempts_left -= 1;
-        c.tried.push(server);
         c.server = server;
         let Some(table) = c.table.as_ref() else { return };
         let addr = table.pools[c.pool].servers[server].addr;
@@ -273,19 +319,32 @@ impl Worker {
             return;
         }
         let r = c.connect;
+        let outcome = match r.connect {
+            0 => ConnectOutcome::Connected,
+            _ if r.timeout == -libc::ETIME => ConnectOutcome::TimedOut,
+            e => ConnectOutcome::Failed(-e),
+        };
         if r.socket >= 0 && r.sockopt >= 0 {
             // Passive health: the prober hears of every connect that reached the network.
-            let outcome = match r.connect {
-                0 => ConnectOutcome::Connected,
-                _ if r.timeout == -libc::ETIME => ConnectOutcome::TimedOut,
-                e => ConnectOutcome::Failed(-e),
-            };
             if let Some(table) = &c.table {
                 table.report_connect(c.pool, c.server, outcome);
             }
         }
+        if let Some(server) = server_entry(c) {
+            let worker = self.id;
+            if c.attempts > 1 {
+                server.stats.retried(worker);
+            }
+            match outcome {
+                _ if r.socket < 0 || r.sockopt < 0 => server.stats.connect_failed(worker, ConnectFailure::Other),
+                ConnectOutcome::Connected => server.stats.connected(worker),
+                ConnectOutcome::TimedOut => server.stats.connect_failed(worker, ConnectFailure::Timeout),
+                ConnectOutcome::Failed(errno) => server.stats.connect_failed(worker, ConnectFailure::from_errno(errno)),
+            }
+        }
         if r.connect == 0 {
             c.phase = Phase::Proxying;
+            c.connected = true;
             c.last_active = self.now;
             // Both flows start by polling their source.
             self.drive(slot);
@@ -304,6 +363,7 @@ impl Worker {
         let now = self.now;
         let id = self.id;
         self.connect_log.warn(now, format_args!("worker {id}: connect to server {server} failed: {reason}"));
+        self.release_server(slot);
         if r.socket < 0 && matches!(-r.socket, libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS) {
             // Out of resources locally: another server will not help.
             self.begin_close(slot, CloseCause::ConnectFailed);
@@ -323,13 +383,22 @@ impl Worker {
     }
 
     fn on_flow(&mut self, slot: u32, dir: usize, res: i32, is_in: bool) {
+        let worker = self.id;
         let c = &mut self.conns[slot as usize];
         let flow = &mut c.flows[dir];
+        let before = flow.delivered;
         let outcome = match (is_in, flow.mode()) {
             (true, Mode::Copy) => flow.on_recv(res),
             (true, Mode::Splice) => flow.on_splice_in(res),
             (false, _) => flow.on_splice_out(res),
         };
+        let delivered = flow.delivered - before;
+        if delivered > 0 {
+            if let Some(server) = server_entry(c) {
+                let direction = if dir == C2B { Direction::ClientToBackend } else { Direction::BackendToClient };
+                server.stats.delivered(worker, direction, delivered);
+            }
+        }
         match outcome {
             Outcome::Progress => c.last_active = self.now,
             Outcome::Idle => {}
@@ -524,6 +593,27 @@ impl Worker {
         }
     }
 
+    /// Retries queued clients (a slot may have freed, here or in another worker) and closes those
+    /// whose `queue_timeout` has passed. Runs on every tick and after every local close.
+    pub fn process_queue(&mut self) {
+        for _ in 0..self.queue.len() {
+            let Some((slot, gen)) = self.queue.pop_front() else { return };
+            let c = &self.conns[slot as usize];
+            if c.gen != gen || c.phase != Phase::Queued {
+                continue;
+            }
+            if c.queued_until.is_some_and(|t| self.now >= t) {
+                if let Some(t) = c.table.as_ref() {
+                    t.pools[c.pool].counters.queue_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                self.begin_close(slot, CloseCause::QueueTimeout);
+                continue;
+            }
+            // Re-queues itself when still full.
+            self.connect_next(slot);
+        }
+    }
+
     /// Starts teardown: cancel everything on both sockets; `finish_close` runs at zero in flight.
     pub fn begin_close(&mut self, slot: u32, cause: CloseCause) {
         let backend = self.layout.backend_slot(slot);
@@ -531,8 +621,10 @@ impl Worker {
         if matches!(c.phase, Phase::Closing | Phase::Free) {
             return;
         }
+        // A queued client has nothing in flight; it leaves the queue lazily (phase check).
         debug!(worker = self.id, slot, ?cause, "closing");
         c.phase = Phase::Closing;
+        c.cause = cause;
         if c.inflight == 0 {
             self.finish_close(slot);
             return;
@@ -548,6 +640,9 @@ impl Worker {
 
     /// Last completion arrived: close the sockets, give back the pipes, free the slot.
     fn finish_close(&mut self, slot: u32) {
+        if self.shared.log_connections.load(std::sync::atomic::Ordering::Relaxed) {
+            self.log_connection(slot);
+        }
         let backend = self.layout.backend_slot(slot);
         let c = &mut self.conns[slot as usize];
         let mut entries = vec![close_entry(c.client)];
@@ -555,6 +650,16 @@ impl Worker {
             entries.push(close_entry(backend));
         }
         let listener = c.listener;
+        let worker = self.id;
+        if let Some(pool) = c.table.as_ref().and_then(|t| t.pools.get(c.pool)) {
+            pool.stats.closed(worker, self.now.saturating_duration_since(c.opened));
+        }
+        if c.connected {
+            if let Some(server) = server_entry(c) {
+                server.stats.disconnected(worker);
+            }
+        }
+        self.acceptors[listener].listener.stats.closed(worker, c.cause);
         let pipes = [c.pipes[0].take(), c.pipes[1].take()];
         let bufs = [c.bufs[0].take(), c.bufs[1].take()];
         let flows_empty = [c.flows[0].in_pipe == 0, c.flows[1].in_pipe == 0];
@@ -574,12 +679,37 @@ impl Worker {
             self.buffers.put(buf);
             self.wake_pipe_waiter();
         }
+        self.release_server(slot);
         self.release_slot(slot);
         self.live -= 1;
-        self.shared.release(listener);
+        self.shared.release(&self.acceptors[listener].listener);
+        self.process_queue();
         self.start_parked();
         self.update_accepts();
     }
+}
+
+impl Worker {
+    fn log_connection(&self, slot: u32) {
+        let c = &self.conns[slot as usize];
+        let pool = c.table.as_ref().map(|t| &t.pools[c.pool]);
+        let entry = super::connlog::Entry {
+            client: c.peer,
+            listener: &self.acceptors[c.listener].listener.name,
+            pool: pool.map_or("-", |p| p.name.as_str()),
+            server: if c.attempts > 0 { pool.map(|p| p.servers[c.server].name.as_str()) } else { None },
+            c2b: c.flows[C2B].delivered,
+            b2c: c.flows[B2C].delivered,
+            duration: self.now.saturating_duration_since(c.opened),
+            cause: c.cause,
+        };
+        super::connlog::write(&entry);
+    }
+}
+
+/// The server the connection is connecting or connected to, in its snapshot.
+fn server_entry(c: &Conn) -> Option<&ServerEntry> {
+    c.table.as_ref()?.pools.get(c.pool)?.servers.get(c.server)
 }
 
 fn sockopt(slot: u32, level: libc::c_int, name: libc::c_int) -> squeue::Entry {

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,7 +20,8 @@ use super::buffers::BufferPool;
 use super::ops::{self, Op};
 use super::pipes::PipePool;
 use super::proxy::{CloseCause, Conn, Phase};
-use super::{DataPathError, Shared};
+use super::{Control, DataPathError, ListenerShared, Shared};
+use crate::metrics::{ListenerStats, WorkerStats};
 use crate::table::SharedTable;
 
 const SQ_ENTRIES: u32 = 4096;
@@ -43,16 +45,21 @@ const MULTISHOT_MARGIN: u32 = 256;
 /// How long accepts pause after EMFILE/ENFILE/ENOMEM.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const TICK: Duration = Duration::from_millis(100);
+/// The client address when the accept did not capture it.
+pub const UNKNOWN_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
 /// Minimum interval between two copies of the same rate-limited warning.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
 pub struct WorkerSpec {
     pub id: usize,
-    pub listen_fds: Vec<RawFd>,
+    /// This worker's socket of each listener's SO_REUSEPORT group, with the listener's state.
+    pub listen_fds: Vec<(RawFd, Arc<ListenerShared>)>,
+    pub control: crossbeam::channel::Receiver<Control>,
     pub wake_fd: RawFd,
     pub table: SharedTable,
     pub shared: Arc<Shared>,
     pub max_connections: u32,
+    pub stats: Arc<WorkerStats>,
 }
 
 /// Where things live in the ring's registered file table:
@@ -91,10 +98,51 @@ enum AcceptState {
     Cancelling,
 }
 
-struct Acceptor {
+pub struct Acceptor {
     fd: RawFd,
+    pub listener: Arc<ListenerShared>,
     state: AcceptState,
+    /// Removed by a reload: stop accepting, close the socket; connections go on.
+    retired: bool,
     closed: bool,
+    /// Where a single-shot accept writes the client's address (boxed: the kernel writes into it
+    /// after submission). Only listeners whose pool hashes on the client address use it, as a
+    /// multishot accept cannot return addresses and a direct descriptor has no getpeername.
+    peer: Box<(libc::sockaddr_storage, libc::socklen_t)>,
+}
+
+impl Acceptor {
+    fn new(fd: RawFd, listener: Arc<ListenerShared>) -> Acceptor {
+        Acceptor {
+            fd,
+            listener,
+            state: AcceptState::Idle,
+            retired: false,
+            closed: false,
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            peer: Box::new((unsafe { std::mem::zeroed() }, 0)),
+        }
+    }
+
+    fn peer(&self) -> SocketAddr {
+        let (storage, _) = &*self.peer;
+        // SAFETY: the kernel wrote a sockaddr of the listener's family; both casts stay within
+        // sockaddr_storage.
+        unsafe {
+            match i32::from(storage.ss_family) {
+                libc::AF_INET => {
+                    let sin = &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                    let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                    SocketAddr::new(IpAddr::V4(ip), u16::from_be(sin.sin_port))
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                    SocketAddr::new(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)), u16::from_be(sin6.sin6_port))
+                }
+                _ => UNKNOWN_PEER,
+            }
+        }
+    }
 }
 
 /// A warning printed at most once per `LOG_EVERY`, with a count of what was suppressed.
@@ -129,7 +177,11 @@ pub struct Worker {
     pub layout: SlotLayout,
     pub shared: Arc<Shared>,
     pub table: SharedTable,
-    acceptors: Vec<Acceptor>,
+    /// This worker's own counters (only this worker writes them).
+    pub stats: Arc<WorkerStats>,
+    /// Never shrinks: a connection refers to its listener by index, also after a reload retired it.
+    pub acceptors: Vec<Acceptor>,
+    control: crossbeam::channel::Receiver<Control>,
     accept_backoff_until: Option<Instant>,
     /// Boxed so that a connection never moves: in-flight operations point into it (the connect
     /// address, the link timeout) while the slab grows.
@@ -139,12 +191,14 @@ pub struct Worker {
     pub live: u32,
     pub pipes: PipePool,
     pub buffers: BufferPool,
-    /// Accepted clients waiting for a slot under the limits: (listener, client slot).
-    parked: VecDeque<(usize, u32)>,
+    /// Accepted clients waiting for a slot under the limits: (listener, client slot, client).
+    parked: VecDeque<(usize, u32, SocketAddr)>,
     /// Flows parked until a pipe or buffer frees up: (slot, gen, direction).
     pub pipe_waiters: VecDeque<(u32, u32, usize)>,
-    /// Round-robin cursor per pool index.
-    pub rr: Vec<usize>,
+    /// Balancing state of this worker, per pool index.
+    pub balance: Vec<crate::balance::WorkerBalanceState>,
+    /// Clients waiting for a server slot: (slot, gen).
+    pub queue: VecDeque<(u32, u32)>,
     pub now: Instant,
     shutting_down: Option<Instant>,
     tick_ts: types::Timespec,
@@ -157,14 +211,15 @@ pub struct Worker {
     pub steps: Vec<super::flow::Step>,
 }
 
-/// Runs a worker until shutdown. `ready` hears once whether the ring could be set up, so that
-/// start-up reports "running" only when every worker really is.
-pub fn run(spec: WorkerSpec, ready: crossbeam::channel::Sender<Result<(), String>>) -> Result<(), DataPathError> {
+/// Runs a worker until shutdown. `ready` hears once whether the ring could be set up (and how
+/// many connections it can hold), so that start-up reports "running" only when every worker
+/// really is.
+pub fn run(spec: WorkerSpec, ready: crossbeam::channel::Sender<Result<u32, String>>) -> Result<(), DataPathError> {
     let id = spec.id;
     let err = |what: &'static str| move |source: io::Error| DataPathError::Worker { worker: id, what, source };
     let mut worker = match Worker::new(spec) {
         Ok(worker) => {
-            let _ = ready.send(Ok(()));
+            let _ = ready.send(Ok(worker.layout.conns));
             worker
         }
         Err(e) => {
@@ -206,18 +261,17 @@ impl Worker {
             buffers: BufferPool::new(MAX_BUFFERS),
             shared: spec.shared,
             table: spec.table,
-            acceptors: spec
-                .listen_fds
-                .into_iter()
-                .map(|fd| Acceptor { fd, state: AcceptState::Idle, closed: false })
-                .collect(),
+            stats: spec.stats,
+            acceptors: spec.listen_fds.into_iter().map(|(fd, listener)| Acceptor::new(fd, listener)).collect(),
+            control: spec.control,
             accept_backoff_until: None,
             conns: Vec::new(),
             free: Vec::new(),
             live: 0,
             parked: VecDeque::new(),
             pipe_waiters: VecDeque::new(),
-            rr: vec![spec.id; pools],
+            balance: (0..pools).map(|_| crate::balance::WorkerBalanceState::new(spec.id as u64)).collect(),
+            queue: VecDeque::new(),
             now,
             shutting_down: None,
             tick_ts: types::Timespec::from(TICK),
@@ -339,13 +393,28 @@ impl Worker {
         let mut buf = 0u64;
         // SAFETY: reading 8 bytes from our non-blocking eventfd into a u64.
         unsafe { libc::read(self.wake_fd, (&mut buf as *mut u64).cast(), 8) };
+        while let Ok(message) = self.control.try_recv() {
+            match message {
+                Control::AddListener { fd, listener } => {
+                    debug!(worker = self.id, listener = %listener.name, "listener added");
+                    self.acceptors.push(Acceptor::new(fd, listener));
+                }
+                Control::RetireListener { name } => {
+                    for a in self.acceptors.iter_mut().filter(|a| a.listener.name == name && !a.retired) {
+                        a.retired = true;
+                    }
+                }
+            }
+            self.update_accepts();
+        }
         if self.shared.shutdown.load(Ordering::SeqCst) && self.shutting_down.is_none() {
-            self.shutting_down = Some(self.now + self.shared.grace);
+            self.shutting_down = Some(self.now + self.shared.grace());
             debug!(worker = self.id, live = self.live, "stopping: no new connections");
             // Parked clients were never served: close them with the listeners.
-            while let Some((_, client)) = self.parked.pop_front() {
+            while let Some((listener, client, _)) = self.parked.pop_front() {
                 let e = opcode::Close::new(types::Fixed(client)).build().user_data(ops::encode(Op::Close, 0, 0));
                 self.push(&[e]);
+                self.listener_stats(listener).closed(self.id, CloseCause::Shutdown);
             }
             self.update_accepts();
             return;
@@ -357,6 +426,9 @@ impl Worker {
 
     fn on_tick(&mut self) {
         self.arm_tick();
+        // Client sockets (served and parked), backend sockets, and both ends of each pipe.
+        let in_use = 2 * u64::from(self.live) + self.parked.len() as u64 + 2 * u64::from(self.pipes.installed());
+        self.stats.set_descriptors(in_use, u64::from(self.layout.table_size()));
         if let Some(deadline) = self.shutting_down {
             if self.now >= deadline && self.live > 0 {
                 info!(worker = self.id, open = self.live, "shutdown grace over: closing open connections");
@@ -366,6 +438,7 @@ impl Worker {
         if self.accept_backoff_until.is_some_and(|t| self.now >= t) {
             self.accept_backoff_until = None;
         }
+        self.process_queue();
         if self.shutting_down.is_none() {
             self.start_parked();
         }
@@ -383,19 +456,31 @@ impl Worker {
         if !self.parked.is_empty() {
             return 0;
         }
-        let global = self.shared.max_connections.saturating_sub(self.shared.active.load(Ordering::Relaxed));
+        let max = self.shared.max_connections.load(Ordering::Relaxed);
+        let global = max.saturating_sub(self.shared.active.load(Ordering::Relaxed));
         let slab = self.layout.conns.saturating_sub(self.live);
         global.min(slab)
     }
 
+    /// Whether listener `i` needs client addresses: its pool balances on them, or connections
+    /// are logged. Then its accepts capture them.
+    fn wants_peer(&self, i: usize) -> bool {
+        if self.shared.log_connections.load(Ordering::Relaxed) {
+            return true;
+        }
+        let table = self.table.load();
+        let pool = table.pool_index(&self.acceptors[i].listener.pool.load());
+        pool.is_some_and(|p| matches!(table.pools[p].balancer.policy(), crate::balance::Policy::SourceHash { .. }))
+    }
+
     /// Starts parked clients while the limits allow, oldest first.
     pub fn start_parked(&mut self) {
-        while let Some(&(listener, client)) = self.parked.front() {
-            if !self.shared.try_reserve(listener) {
+        while let Some(&(listener, client, ip)) = self.parked.front() {
+            if !self.shared.try_reserve(&self.acceptors[listener].listener) {
                 return;
             }
             self.parked.pop_front();
-            self.open_connection(listener, client);
+            self.open_connection(listener, client, ip);
         }
     }
 
@@ -403,12 +488,14 @@ impl Worker {
     pub fn update_accepts(&mut self) {
         let room = self.accept_room();
         for i in 0..self.acceptors.len() {
-            let listener = &self.shared.listeners[i];
-            let lroom = listener.max_connections.saturating_sub(listener.active.load(Ordering::Relaxed));
+            let listener = &self.acceptors[i].listener;
+            let lmax = listener.max_connections.load(Ordering::Relaxed);
+            let lroom = lmax.saturating_sub(listener.active.load(Ordering::Relaxed));
             let room = room.min(lroom);
-            let want = if self.shutting_down.is_some() || self.accept_backoff_until.is_some() || room == 0 {
+            let stopping = self.shutting_down.is_some() || self.acceptors[i].retired;
+            let want = if stopping || self.accept_backoff_until.is_some() || room == 0 {
                 AcceptState::Idle
-            } else if room > MULTISHOT_MARGIN {
+            } else if room > MULTISHOT_MARGIN && !self.wants_peer(i) {
                 AcceptState::Multi
             } else {
                 AcceptState::Single
@@ -417,7 +504,7 @@ impl Worker {
             if a.closed {
                 continue;
             }
-            if self.shutting_down.is_some() && a.state == AcceptState::Idle {
+            if stopping && a.state == AcceptState::Idle {
                 // SAFETY: no accept is in flight on this socket any more; closing it makes the
                 // kernel refuse new connections to this worker.
                 unsafe { libc::close(a.fd) };
@@ -437,11 +524,18 @@ impl Worker {
                     self.push(&[e]);
                 }
                 (AcceptState::Idle, AcceptState::Single) => {
-                    let e = opcode::Accept::new(types::Fd(a.fd), std::ptr::null_mut(), std::ptr::null_mut())
-                        .file_index(Some(types::DestinationSlot::auto_target()))
-                        .flags(libc::SOCK_NONBLOCK)
-                        .build()
-                        .user_data(ops::encode(Op::Accept, i as u32, 0));
+                    let a = &mut self.acceptors[i];
+                    a.peer.1 = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                    let (addr, len) = &mut *a.peer;
+                    let e = opcode::Accept::new(
+                        types::Fd(a.fd),
+                        (addr as *mut libc::sockaddr_storage).cast(),
+                        len as *mut libc::socklen_t,
+                    )
+                    .file_index(Some(types::DestinationSlot::auto_target()))
+                    .flags(libc::SOCK_NONBLOCK)
+                    .build()
+                    .user_data(ops::encode(Op::Accept, i as u32, 0));
                     self.acceptors[i].state = AcceptState::Single;
                     self.push(&[e]);
                 }
@@ -462,19 +556,29 @@ impl Worker {
         if !more {
             self.acceptors[listener].state = AcceptState::Idle;
         }
+        if res >= 0 {
+            self.listener_stats(listener).accepted(self.id);
+        }
         if res >= 0 && self.shutting_down.is_some() {
             // Accepted just before the cancel landed: too late to serve.
             let e = opcode::Close::new(types::Fixed(res as u32)).build().user_data(ops::encode(Op::Close, 0, 0));
             self.push(&[e]);
+            self.listener_stats(listener).closed(self.id, CloseCause::Shutdown);
         } else if res >= 0 {
             // Another worker may have taken the last slot since this accept was armed: then the
             // client waits here, unconnected, exactly as it would in the kernel's accept queue.
-            if self.parked.is_empty() && self.shared.try_reserve(listener) {
-                self.open_connection(listener, res as u32);
+            // A multishot accept leaves the address unset (only source-hash and the connection
+            // log need it, and their listeners accept one at a time).
+            let ip = if more { UNKNOWN_PEER } else { self.acceptors[listener].peer() };
+            if self.parked.is_empty() && self.shared.try_reserve(&self.acceptors[listener].listener) {
+                self.open_connection(listener, res as u32, ip);
             } else {
-                self.parked.push_back((listener, res as u32));
+                self.parked.push_back((listener, res as u32, ip));
             }
         } else {
+            if !matches!(-res, libc::ECANCELED | libc::EINTR | libc::EAGAIN) {
+                self.listener_stats(listener).accept_error(self.id, -res);
+            }
             match -res {
                 libc::ECANCELED | libc::ECONNABORTED | libc::EINTR | libc::EAGAIN => {}
                 e @ (libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS) => {
@@ -503,6 +607,11 @@ impl Worker {
             }
         }
         self.update_accepts();
+    }
+
+    /// The metric block of the listener with acceptor index `listener`.
+    pub fn listener_stats(&self, listener: usize) -> &ListenerStats {
+        &self.acceptors[listener].listener.stats
     }
 
     /// A free connection slot, growing the slab up to the layout's limit.

@@ -10,11 +10,17 @@
 //! channel in it on which workers report connect outcomes without ever blocking). It never touches
 //! a connection, and nothing in the data path imports it.
 //!
-//! Files: `state` (hysteresis, pure), `checks` (one check over one connection), `prober` (the
-//! thread, the registry of every server's health, publishing and logging).
+//! Operators drain, disable and enable servers through the same single writer: the admin API sends
+//! commands on a channel (`commands`) that the prober applies and publishes.
+//!
+//! Files: `state` (hysteresis, pure), `checks` (one check over one connection), `commands` (the
+//! operator commands and their channel), `prober` (the thread, the registry of every server's
+//! health, publishing and logging).
 
 mod checks;
+mod commands;
 mod prober;
 mod state;
 
+pub use commands::{CommandError, ServerChange, ServerCommand, ServerControl};
 pub use prober::{HealthError, Prober, RunningProber};

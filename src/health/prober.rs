@@ -13,8 +13,9 @@
 //! here (see bench/README.md, "Health prober cost").
 //!
 //! Live traffic reports connect outcomes through a bounded channel (see `table`); the prober
-//! drains it every `PASSIVE_DRAIN`. The prober never blocks the workers and never touches a
-//! connection.
+//! drains it every `PASSIVE_DRAIN`. Operator commands arrive on another channel (see `commands`)
+//! and are answered once published. The prober never blocks the workers and never touches a
+//! connection. It records each check's duration and each transition in the server's metric block.
 
 use std::io;
 use std::sync::Arc;
@@ -29,10 +30,12 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info, warn};
 
 use super::checks::{self, CheckFailure, Probe};
+use super::commands::{AdminState, CommandError, Request, ServerChange, ServerCommand, ServerControl};
 use super::state::{Health, ServerHealth, Thresholds};
 use crate::config::{Config, HealthCheck, InitialState, OnAllDown};
+use crate::metrics::{HealthView, Metrics};
 use crate::table::{
-    BackendTable, ConnectOutcome, ConnectReport, PassiveReports, PoolHandles, ServerState, SharedTable,
+    BackendTable, ConnectOutcome, ConnectReport, PassiveReports, PoolHandles, ServerState, SharedTable, TableError,
 };
 
 /// How often the passive-report channel is drained: the longest a failure seen by traffic waits
@@ -55,6 +58,8 @@ pub enum HealthError {
     Runtime(io::Error),
     #[error("health prober: cannot start its thread: {0}")]
     Spawn(io::Error),
+    #[error("{0}")]
+    Table(#[from] TableError),
 }
 
 /// The prober, configured but not running: its initial table is already published, so the data
@@ -64,13 +69,22 @@ pub struct Prober {
     registry: Registry,
     reports: Receiver<ConnectReport>,
     checks: Vec<CheckSpec>,
+    commands: mpsc::Receiver<Request>,
+    control: ServerControl,
 }
 
 /// The running prober thread; stopped by [`RunningProber::stop`] or on drop.
 pub struct RunningProber {
     stop: Option<oneshot::Sender<()>>,
+    reload: mpsc::UnboundedSender<ReloadRequest>,
     thread: Option<JoinHandle<()>>,
 }
+
+/// A new configuration for the prober, and where to say whether its table was published.
+type ReloadRequest = (Config, std::sync::mpsc::Sender<Result<(), String>>);
+
+/// How long `RunningProber::reload` waits for the prober to publish.
+const RELOAD_WAIT: Duration = Duration::from_secs(5);
 
 /// One server's checks.
 struct CheckSpec {
@@ -91,23 +105,23 @@ struct CheckDone {
 }
 
 impl Prober {
-    pub fn new(config: &Config) -> Prober {
+    /// The prober of `config`'s servers, which count in `metrics`' blocks.
+    pub fn new(config: &Config, metrics: &Arc<Metrics>) -> Result<Prober, HealthError> {
         let (sender, reports) = crossbeam::channel::bounded(PASSIVE_CAPACITY);
-        let registry = Registry::new(config, PassiveReports::new(sender));
-        let mut checks = Vec::new();
-        for (p, pool) in config.pools.iter().enumerate() {
-            for (s, server) in pool.servers.iter().enumerate().filter(|(_, server)| server.check) {
-                let Some(probe) = Probe::new(&pool.health.check, &server.addr) else { continue };
-                let (interval, timeout) = (pool.health.interval, pool.health.timeout);
-                checks.push(CheckSpec { pool: p, server: s, probe, addr: server.check_addr(), interval, timeout });
-            }
-        }
-        Prober { registry, reports, checks }
+        let registry = Registry::new(config, PassiveReports::new(sender), metrics)?;
+        let checks = check_specs(config);
+        let (control, commands) = ServerControl::channel();
+        Ok(Prober { registry, reports, checks, commands, control })
     }
 
     /// The table the prober writes and the workers read.
     pub fn table(&self) -> SharedTable {
         self.registry.table.clone()
+    }
+
+    /// Where the admin API sends server commands.
+    pub fn control(&self) -> ServerControl {
+        self.control.clone()
     }
 
     /// Starts the `ringlb-prober` thread.
@@ -122,31 +136,49 @@ impl Prober {
             }
         }
         let (stop, stopped) = oneshot::channel();
+        let (reload, reloads) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("ringlb-prober".to_owned())
-            .spawn(move || runtime.block_on(self.run(stopped)))
+            .spawn(move || runtime.block_on(self.run(stopped, reloads)))
             .map_err(HealthError::Spawn)?;
-        Ok(RunningProber { stop: Some(stop), thread: Some(thread) })
+        Ok(RunningProber { stop: Some(stop), reload, thread: Some(thread) })
     }
 
-    async fn run(self, mut stop: oneshot::Receiver<()>) {
-        let Prober { mut registry, reports, checks } = self;
-        let any_checks = !checks.is_empty();
-        let any_passive = registry.handles.iter().any(|h| h.passive.is_some());
-        // Every task has at most one result in flight, so sends never wait.
-        let (done, mut results) = mpsc::channel(checks.len().max(1));
+    async fn run(self, mut stop: oneshot::Receiver<()>, mut reloads: mpsc::UnboundedReceiver<ReloadRequest>) {
+        let Prober { mut registry, reports, checks, mut commands, control } = self;
+        // Commands come from the admin API's clones; this one only keeps the channel open.
+        drop(control);
         let mut rng = Rng::from_clock();
         let mut tasks = JoinSet::new();
-        for spec in checks {
-            let first = spec.interval.mul_f64(rng.fraction());
-            tasks.spawn(check_loop(spec, first, Rng::new(rng.next()), done.clone()));
-        }
-        drop(done);
+        let mut results = start_checks(checks, &mut tasks, &mut rng);
+        let mut any_checks = !tasks.is_empty();
+        let mut any_passive = registry.handles.iter().any(|h| h.passive.is_some());
         let mut drain = tokio::time::interval(PASSIVE_DRAIN);
         drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut replies = Vec::new();
         loop {
             tokio::select! {
                 _ = &mut stop => break,
+                Some(request) = commands.recv() => {
+                    replies.push(registry.on_command(request));
+                    while let Ok(next) = commands.try_recv() {
+                        replies.push(registry.on_command(next));
+                    }
+                }
+                Some((config, ack)) = reloads.recv() => {
+                    // Publish everything the current checks found first, then switch.
+                    registry.publish();
+                    let outcome = registry.reload(&config).map_err(|e| e.to_string());
+                    if outcome.is_ok() {
+                        tasks.shutdown().await;
+                        results = start_checks(check_specs(&config), &mut tasks, &mut rng);
+                        any_checks = !tasks.is_empty();
+                        any_passive = registry.handles.iter().any(|h| h.passive.is_some());
+                        // Reports about the old snapshot are ignored from now on.
+                        while reports.try_recv().is_ok() {}
+                    }
+                    let _ = ack.send(outcome);
+                }
                 Some(first) = results.recv(), if any_checks => {
                     registry.on_check(first);
                     while let Ok(next) = results.try_recv() {
@@ -160,12 +192,38 @@ impl Prober {
                 }
             }
             registry.publish();
+            // Answered after the publish: the caller sees its change in effect.
+            for (reply, result) in replies.drain(..) {
+                let _ = reply.send(result);
+            }
         }
         tasks.shutdown().await;
     }
 }
 
+/// Spawns one check loop per spec, each starting at a random point of its interval.
+fn start_checks(checks: Vec<CheckSpec>, tasks: &mut JoinSet<()>, rng: &mut Rng) -> mpsc::Receiver<CheckDone> {
+    // Every task has at most one result in flight, so sends never wait.
+    let (done, results) = mpsc::channel(checks.len().max(1));
+    for spec in checks {
+        let first = spec.interval.mul_f64(rng.fraction());
+        tasks.spawn(check_loop(spec, first, Rng::new(rng.next()), done.clone()));
+    }
+    results
+}
+
 impl RunningProber {
+    /// Hands the prober a new configuration and waits until it has published the new table
+    /// (servers that stay keep their health). An error leaves the running table as it was.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        let (ack, acked) = std::sync::mpsc::channel();
+        self.reload.send((config.clone(), ack)).map_err(|_| "the health prober has stopped".to_string())?;
+        match acked.recv_timeout(RELOAD_WAIT) {
+            Ok(outcome) => outcome,
+            Err(_) => Err("the health prober did not take the new configuration in time".to_string()),
+        }
+    }
+
     /// Stops the checks and waits for the thread.
     pub fn stop(mut self) {
         self.stop_and_join();
@@ -227,6 +285,66 @@ fn describe(pool: &crate::config::PoolConfig, checked: usize) -> String {
     )
 }
 
+/// The health records and shared handles of `config`'s pools, carried over from `old` for the
+/// servers and pools that stay; metric blocks come from `metrics` by name.
+fn records(
+    config: &Config,
+    passive: &PassiveReports,
+    old: Option<&Registry>,
+    metrics: &Metrics,
+) -> (Vec<PoolHandles>, Vec<PoolRecord>) {
+    let mut handles = Vec::new();
+    let mut pools = Vec::new();
+    for pool in &config.pools {
+        let h = &pool.health;
+        let active = h.check != HealthCheck::None;
+        let before = old.and_then(|r| {
+            let i = r.config.pools.iter().position(|p| p.name == pool.name)?;
+            Some((&r.config.pools[i], &r.pools[i], &r.handles[i]))
+        });
+        let servers: Vec<ServerRecord> = pool
+            .servers
+            .iter()
+            .map(|server| {
+                let checked = active && server.check;
+                let kept = before.and_then(|(old_pool, old_records, _)| {
+                    let i =
+                        old_pool.servers.iter().position(|o| o.name == server.name && o.resolved == server.resolved)?;
+                    let record = &old_records.servers[i];
+                    (record.checked == checked).then(|| record.clone())
+                });
+                kept.unwrap_or_else(|| {
+                    let health = ServerHealth::new(initial_health(pool, checked));
+                    ServerRecord { health, checked, admin: AdminState::Active, last_check: None, up_since: None }
+                })
+            })
+            .collect();
+        let counters = before.map(|(_, _, handles)| handles.counters.clone()).unwrap_or_default();
+        let passive = (h.passive_fall > 0).then(|| passive.clone());
+        let pool_handles = PoolHandles { passive, counters, ..PoolHandles::with_metrics(pool, metrics) };
+        for (record, stats) in servers.iter().zip(&pool_handles.servers) {
+            stats.set_health(record.health_view());
+        }
+        handles.push(pool_handles);
+        let thresholds = Thresholds { rise: h.rise, fall: h.fall, passive_fall: h.passive_fall };
+        pools.push(PoolRecord { thresholds, servers, all_down_since: None });
+    }
+    (handles, pools)
+}
+
+/// One check loop per checked server of `config`.
+fn check_specs(config: &Config) -> Vec<CheckSpec> {
+    let mut checks = Vec::new();
+    for (p, pool) in config.pools.iter().enumerate() {
+        for (s, server) in pool.servers.iter().enumerate().filter(|(_, server)| server.check) {
+            let Some(probe) = Probe::new(&pool.health.check, &server.addr) else { continue };
+            let (interval, timeout) = (pool.health.interval, pool.health.timeout);
+            checks.push(CheckSpec { pool: p, server: s, probe, addr: server.check_addr(), interval, timeout });
+        }
+    }
+    checks
+}
+
 /// What new clients of `pool` get while every server is down.
 fn all_down_policy(pool: &crate::config::PoolConfig) -> &'static str {
     match pool.health.on_all_down {
@@ -242,8 +360,16 @@ struct Registry {
     handles: Vec<PoolHandles>,
     pools: Vec<PoolRecord>,
     version: u64,
+    /// Passive reports about older snapshots are ignored: a reload may have moved the indices.
+    min_report_version: u64,
+    /// The sender handed to every pool with passive detection.
+    passive: PassiveReports,
     /// Transitions since the last publish, logged right after it.
     pending: Vec<Transition>,
+    /// An operator command changed a server's state since the last publish.
+    commanded: bool,
+    /// Where pools and servers (also those a reload adds) find their metric blocks.
+    metrics: Arc<Metrics>,
 }
 
 struct PoolRecord {
@@ -253,21 +379,33 @@ struct PoolRecord {
     all_down_since: Option<u64>,
 }
 
+#[derive(Clone)]
 struct ServerRecord {
     health: ServerHealth,
     /// False for `check = false` and pools without checks: always up, traffic reports ignored.
     checked: bool,
-    /// Set aside by an operator (the admin API will set it).
-    draining: bool,
+    /// What an operator set (see `commands`).
+    admin: AdminState,
     last_check: Option<Duration>,
+    /// When the server last came back up (slow start ramps its weight from then).
+    up_since: Option<std::time::Instant>,
 }
 
 impl ServerRecord {
     fn state(&self) -> ServerState {
-        match (self.draining, self.health.health()) {
-            (true, _) => ServerState::Draining,
-            (false, Health::Up) => ServerState::Up,
-            (false, Health::Down) => ServerState::Down,
+        match (self.admin, self.health.health()) {
+            (AdminState::Draining, _) => ServerState::Draining,
+            (AdminState::Disabled, _) => ServerState::Disabled,
+            (AdminState::Active, Health::Up) => ServerState::Up,
+            (AdminState::Active, Health::Down) => ServerState::Down,
+        }
+    }
+
+    fn health_view(&self) -> HealthView {
+        match (self.admin, self.health.health()) {
+            (AdminState::Disabled, _) => HealthView::Unknown,
+            (_, Health::Up) => HealthView::Up,
+            (_, Health::Down) => HealthView::Down,
         }
     }
 }
@@ -282,50 +420,72 @@ struct Transition {
 
 impl Registry {
     /// The health of every server before any check, published as the first table.
-    fn new(config: &Config, passive: PassiveReports) -> Registry {
-        let mut handles = Vec::new();
-        let mut pools = Vec::new();
-        for pool in &config.pools {
-            let h = &pool.health;
-            let active = h.check != HealthCheck::None;
-            let initial = match h.initial_state {
-                InitialState::Up => Health::Up,
-                InitialState::Down => Health::Down,
-            };
-            let servers = pool
-                .servers
-                .iter()
-                .map(|server| {
-                    let checked = active && server.check;
-                    let health = ServerHealth::new(if checked { initial } else { Health::Up });
-                    ServerRecord { health, checked, draining: false, last_check: None }
-                })
-                .collect();
-            let passive = (h.passive_fall > 0).then(|| passive.clone());
-            handles.push(PoolHandles { passive, ..PoolHandles::default() });
-            let thresholds = Thresholds { rise: h.rise, fall: h.fall, passive_fall: h.passive_fall };
-            pools.push(PoolRecord { thresholds, servers, all_down_since: None });
-        }
+    fn new(config: &Config, passive: PassiveReports, metrics: &Arc<Metrics>) -> Result<Registry, HealthError> {
+        let (handles, pools) = records(config, &passive, None, metrics);
         let mut registry = Registry {
             config: config.clone(),
             table: Arc::new(ArcSwap::from_pointee(BackendTable { pools: Vec::new(), version: 0 })),
             handles,
             pools,
             version: FIRST_VERSION,
+            min_report_version: FIRST_VERSION,
+            passive,
             pending: Vec::new(),
+            commanded: false,
+            metrics: Arc::clone(metrics),
         };
-        let first = registry.build();
+        let first = registry.build(None)?;
         for (p, pool) in first.pools.iter().enumerate() {
             if pool.all_down {
                 registry.pools[p].all_down_since = Some(registry.all_down_count(p));
             }
         }
         registry.table.store(Arc::new(first));
-        registry
+        Ok(registry)
     }
 
-    fn build(&self) -> BackendTable {
-        BackendTable::build(&self.config, self.version, &self.handles, |p, s| self.pools[p].servers[s].state())
+    /// Takes a new configuration: servers that stay (same pool, name and address) keep their
+    /// health, drain state and slow-start clock, new ones start at `initial_state`, and pools keep
+    /// their shared counters by name. Publishes the new table at once; on error nothing changes.
+    fn reload(&mut self, config: &Config) -> Result<(), TableError> {
+        let (handles, pools) = records(config, &self.passive, Some(self), &self.metrics);
+        let previous = std::mem::replace(
+            self,
+            Registry {
+                config: config.clone(),
+                table: self.table.clone(),
+                handles,
+                pools,
+                version: self.version + 1,
+                min_report_version: self.version + 1,
+                passive: self.passive.clone(),
+                pending: Vec::new(),
+                commanded: false,
+                metrics: Arc::clone(&self.metrics),
+            },
+        );
+        let current = self.table.load_full();
+        match self.build(Some(&current)) {
+            Ok(table) => {
+                for (p, pool) in table.pools.iter().enumerate() {
+                    self.pools[p].all_down_since = pool.all_down.then(|| self.all_down_count(p));
+                }
+                self.table.store(Arc::new(table));
+                Ok(())
+            }
+            Err(e) => {
+                *self = previous;
+                Err(e)
+            }
+        }
+    }
+
+    fn build(&self, previous: Option<&BackendTable>) -> Result<BackendTable, TableError> {
+        // The records are indexed like the config's pools and servers.
+        BackendTable::build(&self.config, self.version, &self.handles, previous, |p, s| {
+            let record = &self.pools[p].servers[s];
+            (record.state(), record.up_since)
+        })
     }
 
     fn on_check(&mut self, done: CheckDone) {
@@ -334,8 +494,17 @@ impl Registry {
         let thresholds = pool.thresholds;
         let Some(record) = pool.servers.get_mut(s) else { return };
         record.last_check = Some(took);
+        if let Some(stats) = self.handles.get(p).and_then(|h| h.servers.get(s)) {
+            stats.record_check(took);
+        }
+        if record.admin == AdminState::Disabled {
+            return;
+        }
         let from = record.health.health();
         let Some(to) = record.health.on_check(result.is_ok(), &thresholds) else { return };
+        if to == Health::Up {
+            record.up_since = Some(std::time::Instant::now());
+        }
         let reason = match result {
             Ok(()) => format!("{} consecutive checks passed", thresholds.rise),
             Err(failure) => failure.to_string(),
@@ -344,13 +513,15 @@ impl Registry {
     }
 
     fn on_report(&mut self, report: ConnectReport) {
-        if report.version < FIRST_VERSION {
+        if report.version < self.min_report_version {
             return;
         }
         let (p, s) = (report.pool as usize, report.server as usize);
         let Some(pool) = self.pools.get_mut(p) else { return };
         let thresholds = pool.thresholds;
-        let Some(record) = pool.servers.get_mut(s).filter(|r| r.checked) else { return };
+        let Some(record) = pool.servers.get_mut(s).filter(|r| r.checked && r.admin != AdminState::Disabled) else {
+            return;
+        };
         let from = record.health.health();
         let connected = report.outcome == ConnectOutcome::Connected;
         let Some(to) = record.health.on_connect(connected, &thresholds) else { return };
@@ -362,16 +533,73 @@ impl Registry {
         self.pending.push(Transition { pool: p, server: s, from, to, reason });
     }
 
+    /// Applies an operator command; the caller publishes, then sends the answer.
+    #[allow(clippy::type_complexity)]
+    fn on_command(
+        &mut self,
+        request: Request,
+    ) -> (tokio::sync::oneshot::Sender<Result<ServerChange, CommandError>>, Result<ServerChange, CommandError>) {
+        let Request { pool, server, command, reply } = request;
+        let result = self.command(pool, server, command);
+        (reply, result)
+    }
+
+    fn command(&mut self, pool: String, server: String, command: ServerCommand) -> Result<ServerChange, CommandError> {
+        let Some(p) = self.config.pools.iter().position(|c| c.name == pool) else {
+            return Err(CommandError::NoSuchPool(pool));
+        };
+        let Some(s) = self.config.pools[p].servers.iter().position(|c| c.name == server) else {
+            return Err(CommandError::NoSuchServer { pool, server });
+        };
+        let initial = initial_health(&self.config.pools[p], self.pools[p].servers[s].checked);
+        let record = &mut self.pools[p].servers[s];
+        let before = record.state();
+        match command {
+            ServerCommand::Drain => record.admin = AdminState::Draining,
+            ServerCommand::Disable => record.admin = AdminState::Disabled,
+            ServerCommand::Enable => {
+                if record.admin == AdminState::Disabled {
+                    // Its health is unknown after the checks were ignored: start over.
+                    record.health = ServerHealth::new(initial);
+                    record.up_since = (initial == Health::Up).then(std::time::Instant::now);
+                }
+                record.admin = AdminState::Active;
+            }
+        }
+        let (state, health) = (record.state(), record.health_view());
+        if let Some(stats) = self.handles[p].servers.get(s) {
+            stats.set_health(health);
+        }
+        if state != before {
+            self.commanded = true;
+            info!("pool {pool} server {server}: {} -> {} (admin API)", before.name(), state.name());
+        }
+        Ok(ServerChange { pool, server, state, health })
+    }
+
     /// Publishes a new table if anything changed, then logs what did.
     fn publish(&mut self) {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && !self.commanded {
             return;
         }
+        self.commanded = false;
         self.version += 1;
-        let table = self.build();
+        let current = self.table.load_full();
+        let table = match self.build(Some(&current)) {
+            Ok(table) => table,
+            Err(e) => {
+                // Unreachable with a validated config; keep serving from the current table.
+                error!("cannot publish a new backend table: {e}");
+                return;
+            }
+        };
         let all_down: Vec<bool> = table.pools.iter().map(|p| p.all_down).collect();
         self.table.store(Arc::new(table));
         for t in std::mem::take(&mut self.pending) {
+            if let Some(stats) = self.handles[t.pool].servers.get(t.server) {
+                stats.transition(t.to == Health::Up);
+                stats.set_health(self.pools[t.pool].servers[t.server].health_view());
+            }
             self.log(&t);
         }
         for (p, down) in all_down.into_iter().enumerate() {
@@ -423,6 +651,15 @@ impl Registry {
             Health::Down => warn!("pool {pool} server {server}: {from} -> {to}: {reason}; {took}"),
             Health::Up => info!("pool {pool} server {server}: {from} -> {to}: {reason}; {took}"),
         }
+    }
+}
+
+/// A server's health at start-up (or when a reload adds it), and again when it is enabled after
+/// being disabled.
+fn initial_health(pool: &crate::config::PoolConfig, checked: bool) -> Health {
+    match pool.health.initial_state {
+        InitialState::Down if checked => Health::Down,
+        _ => Health::Up,
     }
 }
 
@@ -479,8 +716,12 @@ mod tests {
         crate::config::parse(&text, Path::new("x.toml")).expect("valid config")
     }
 
+    fn prober(config: &Config) -> Prober {
+        Prober::new(config, &Arc::new(Metrics::new(config))).expect("valid pools")
+    }
+
     fn registry(health: &str) -> (Registry, SharedTable) {
-        let Prober { registry, .. } = Prober::new(&config(health));
+        let Prober { registry, .. } = prober(&config(health));
         let table = registry.table.clone();
         (registry, table)
     }
@@ -502,7 +743,7 @@ mod tests {
 
     #[test]
     fn the_first_table_follows_initial_state_and_check_settings() {
-        let prober = Prober::new(&config("initial_state = \"down\""));
+        let prober = prober(&config("initial_state = \"down\""));
         let table = prober.table();
         assert_eq!(table.load().version, FIRST_VERSION);
         assert_eq!(states(&table, PLAIN), [Up]);
@@ -596,7 +837,7 @@ mod tests {
         let text = "[listeners.web]\nbind = \"127.0.0.1:0\"\npool = \"web\"\n[pools.web.health]\nfall = 1\n\
                     [[pools.web.servers]]\naddr = \"127.0.0.1:9001\"\n";
         let config = crate::config::parse(text, Path::new("x.toml")).expect("valid");
-        let Prober { mut registry, .. } = Prober::new(&config);
+        let Prober { mut registry, .. } = prober(&config);
         let table = registry.table.clone();
         let check = |registry: &mut Registry, passed| {
             let result = if passed { Ok(()) } else { Err(CheckFailure::Refused) };
@@ -613,6 +854,79 @@ mod tests {
         check(&mut registry, true);
         assert!(!table.load().pools[0].all_down);
         assert_eq!(registry.pools[0].all_down_since, None);
+    }
+
+    fn command(registry: &mut Registry, server: &str, command: ServerCommand) -> Result<ServerChange, CommandError> {
+        let result = registry.command("web".to_owned(), server.to_owned(), command);
+        registry.publish();
+        result
+    }
+
+    #[test]
+    fn drain_and_enable_publish_at_once_and_checks_go_on_meanwhile() {
+        use ServerState::Draining;
+        let (mut registry, table) = registry("fall = 1");
+        let change = command(&mut registry, "a", ServerCommand::Drain).expect("drain");
+        assert_eq!((change.state, change.health), (Draining, HealthView::Up));
+        assert_eq!(states(&table, WEB), [Draining, Up, Up]);
+        assert_eq!(table.load().version, FIRST_VERSION + 1);
+        // Draining twice changes nothing, so publishes nothing.
+        command(&mut registry, "a", ServerCommand::Drain).expect("drain again");
+        assert_eq!(table.load().version, FIRST_VERSION + 1);
+        // Its checks still count: it fails one while drained, and comes back down.
+        check(&mut registry, 0, false);
+        assert_eq!(states(&table, WEB), [Draining, Up, Up]);
+        let change = command(&mut registry, "a", ServerCommand::Enable).expect("enable");
+        assert_eq!((change.state, change.health), (Down, HealthView::Down));
+        assert_eq!(states(&table, WEB), [Down, Up, Up]);
+    }
+
+    #[test]
+    fn a_disabled_server_ignores_its_checks_and_starts_over_when_enabled() {
+        use ServerState::Disabled;
+        let (mut registry, table) = registry("fall = 1\npassive_fall = 1\ninitial_state = \"down\"");
+        check(&mut registry, 1, true);
+        check(&mut registry, 1, true);
+        assert_eq!(states(&table, WEB), [Down, Up, Up]);
+        let change = command(&mut registry, "b", ServerCommand::Disable).expect("disable");
+        assert_eq!((change.state, change.health), (Disabled, HealthView::Unknown));
+        check(&mut registry, 1, false);
+        registry.on_report(report(1, REFUSED));
+        registry.publish();
+        assert_eq!(states(&table, WEB), [Down, Disabled, Up]);
+        // The checks are still timed.
+        assert_eq!(table.load().pools[WEB].servers[1].stats.checks().count(), 3);
+        // Enabled: down (initial_state) until `rise` checks pass.
+        let change = command(&mut registry, "b", ServerCommand::Enable).expect("enable");
+        assert_eq!((change.state, change.health), (Down, HealthView::Down));
+        check(&mut registry, 1, true);
+        check(&mut registry, 1, true);
+        assert_eq!(states(&table, WEB), [Down, Up, Up]);
+    }
+
+    #[test]
+    fn commands_name_pools_and_servers_exactly() {
+        let (mut registry, table) = registry("");
+        let no_pool = registry.command("nope".to_owned(), "a".to_owned(), ServerCommand::Drain);
+        assert_eq!(no_pool, Err(CommandError::NoSuchPool("nope".to_owned())));
+        let no_server = registry.command("web".to_owned(), "A".to_owned(), ServerCommand::Drain);
+        assert_eq!(no_server, Err(CommandError::NoSuchServer { pool: "web".to_owned(), server: "A".to_owned() }));
+        registry.publish();
+        assert_eq!(table.load().version, FIRST_VERSION);
+    }
+
+    #[test]
+    fn transitions_and_health_are_counted_in_the_servers_metric_block() {
+        let (mut registry, table) = registry("fall = 1");
+        let stats = table.load().pools[WEB].servers[0].stats.clone();
+        assert_eq!(stats.health(), HealthView::Up);
+        check(&mut registry, 0, false);
+        assert_eq!((stats.health(), stats.transitions()), (HealthView::Down, (0, 1)));
+        check(&mut registry, 0, true);
+        check(&mut registry, 0, true);
+        assert_eq!((stats.health(), stats.transitions()), (HealthView::Up, (1, 1)));
+        // The same block in every snapshot.
+        assert!(Arc::ptr_eq(&stats, &table.load().pools[WEB].servers[0].stats));
     }
 
     #[test]

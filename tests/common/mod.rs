@@ -7,6 +7,7 @@
 
 #![allow(dead_code)] // Each test binary uses its own subset of the harness.
 
+pub mod admin;
 pub mod backends;
 pub mod clients;
 pub mod scenarios;
@@ -221,11 +222,18 @@ pub fn parse_listener_line(line: &str) -> Option<Listener> {
     })
 }
 
+/// Finds `admin listening on ADDR` anywhere in a log line.
+pub fn parse_admin_line(line: &str) -> Option<SocketAddr> {
+    let rest = line.split_once("admin listening on ")?.1;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
 /// A running `ringlb run -c FILE`, ready (its `ringlb running with` line was printed).
 pub struct Ringlb {
     proc: Proc,
     config_path: PathBuf,
     listeners: Vec<Listener>,
+    admin: Option<SocketAddr>,
 }
 
 impl Ringlb {
@@ -236,14 +244,28 @@ impl Ringlb {
         let path = config_path.to_string_lossy().into_owned();
         let mut proc = Proc::spawn("ringlb", &["run", "-c", &path]);
         let mut listeners = Vec::new();
+        let mut admin = None;
         proc.wait_for_line(|line| {
             if let Some(listener) = parse_listener_line(line) {
                 listeners.push(listener);
             }
+            admin = admin.or_else(|| parse_admin_line(line));
             line.contains("ringlb running with").then_some(())
         });
         assert!(!listeners.is_empty(), "ringlb announced no listener; stderr:\n{}", proc.log());
-        Ringlb { proc, config_path, listeners }
+        Ringlb { proc, config_path, listeners, admin }
+    }
+
+    /// The address of the admin API, as announced by `admin listening on ADDR`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        match self.admin {
+            Some(addr) => addr,
+            None => panic!("ringlb announced no admin address; stderr:\n{}", self.log()),
+        }
+    }
+
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
     }
 
     pub fn listeners(&self) -> &[Listener] {
@@ -274,6 +296,22 @@ impl Ringlb {
 
     pub fn sigterm(&self) {
         self.proc.signal(libc::SIGTERM);
+    }
+
+    /// Replaces the configuration file and sends SIGHUP (a reload).
+    pub fn reload_with(&self, config_toml: &str) {
+        std::fs::write(&self.config_path, config_toml)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.config_path.display()));
+        self.proc.signal(libc::SIGHUP);
+    }
+
+    /// Waits (up to `START_TIMEOUT`) for a stderr line containing `text` printed after this call
+    /// or before it; returns the line.
+    pub fn wait_for_log(&mut self, text: &str) -> String {
+        if let Some(line) = self.proc.log().lines().find(|l| l.contains(text)) {
+            return line.to_string();
+        }
+        self.proc.wait_for_line(|line| line.contains(text).then(|| line.to_string()))
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
@@ -436,6 +474,8 @@ impl TestConfig {
             s += &format!("connect_timeout = \"{}\"\n", pool.connect_timeout);
             s += &format!("idle_timeout = \"{}\"\n", pool.idle_timeout);
             s += &format!("retries = {}\n\n", pool.retries);
+            // No health checks: tests that count what the backends accept see only clients.
+            s += &format!("[pools.{}.health]\ncheck = \"none\"\n\n", pool.name);
             for server in &pool.servers {
                 s += &format!("[[pools.{}.servers]]\naddr = \"{server}\"\n\n", pool.name);
             }
