@@ -39,7 +39,7 @@ repeat() { # repeat WORD N: WORD N times
 }
 
 # Node death for three advert_int values (each node death is followed by the node's return).
-for advert in 0.3 0.5 1; do
+for advert in 0.3 0.4 0.5 1; do
     run_variant "advert_int=$advert" "$(repeat "2 4" "$ROUNDS")" HA_ADVERT_INT="$advert"
 done
 

@@ -6,7 +6,7 @@
 # Topology, all inside network namespaces named rlbha-<pid>-* (the host's interfaces are never
 # touched; every address below exists only inside them):
 #
-#   client 10.77.0.10-13 ─┐                       ┌─ b1 10.77.0.21:8080
+#   client 10.77.0.40-55 ─┐                       ┌─ b1 10.77.0.21:8080
 #   lb1    10.77.0.2     ─┼── br0 (namespace sw) ─┼─ b2 10.77.0.22:8080
 #   lb2    10.77.0.3     ─┘   VIP 10.77.0.100:80  └─ b3 10.77.0.23:8080
 #
@@ -34,8 +34,9 @@ SHIPPED_KEEPALIVED=${HA_KEEPALIVED_DIR:-$ROOT/conf/keepalived}
 P=rlbha-$$-
 NS_SW=${P}sw
 NODES=(client lb1 lb2 b1 b2 b3)
-declare -A ADDR=([client]=10.77.0.10 [lb1]=10.77.0.2 [lb2]=10.77.0.3 [b1]=10.77.0.21 [b2]=10.77.0.22 [b3]=10.77.0.23)
-CLIENT_SOURCES=10.77.0.10,10.77.0.11,10.77.0.12,10.77.0.13
+declare -A ADDR=([client]=10.77.0.40 [lb1]=10.77.0.2 [lb2]=10.77.0.3 [b1]=10.77.0.21 [b2]=10.77.0.22 [b3]=10.77.0.23)
+# 16 client addresses: source-hash spreads them over the backends (and their ports last longer).
+CLIENT_SOURCES=$(seq -s, -f '10.77.0.%g' 40 55)
 VIP=10.77.0.100
 VIP_PORT=80
 ADMIN=127.0.0.1:9900
@@ -195,6 +196,9 @@ bind = "0.0.0.0:$VIP_PORT"
 pool = "web"
 
 [pools.web]
+# Maglev on the client address: the same table on both nodes, so a client reaches the same
+# backend through either (scenarios 1 and 2 check it).
+balance = "source-hash"
 connect_timeout = "1s"
 retries = 2
 
@@ -404,6 +408,17 @@ fig() {
     fi
     sed -E "s/.* $2=([^ ]+).*/\1/" <<<" $line"
 }
+# affinity WINDOW: SOURCE=BACKEND fields, which backend served each client address ("start" =
+# before the first mark).
+affinity() { sed -n "s/^affinity=$1 //p" "$CLIENT_OUT"; }
+# One backend per source, each source served, and the same mapping in both windows.
+same_affinity() {
+    local a b
+    a=$(affinity "$1")
+    b=$(affinity "$2")
+    [[ -n $a && $a == "$b" && $a != *[+-]* ]]
+}
+affinity_spread() { affinity "$1" | tr ' ' '\n' | cut -d= -f2 | sort | uniq -c | awk '{ printf "%s%s:%s", sep, $2, $1; sep=" " }'; }
 
 # ---------------------------------------------------------------------------------------------
 # Results
@@ -434,7 +449,7 @@ window_summary() { # one line of the figures that matter after a mark
     echo "outage $(fig "$w" outage_ms) ms, gap $(fig "$w" gap_ms) ms, new ok $(fig "$w" new_ok)," \
         "new failed $(fig "$w" new_failed) (refused $(fig "$w" new_refused), timeout $(fig "$w" new_timeout)," \
         "reset $(fig "$w" new_reset)), slow (>=0.5 s) $(fig "$w" new_slow), max latency $(fig "$w" max_latency_ms) ms," \
-        "held connections lost $(fig "$w" held_failed) (fewest open $(fig "$w" held_open_min))"
+        "held connections lost $(fig "$w" held_failed) (fewest open $(fig "$w" held_open_min)), host stall $(fig "$w" stall_ms) ms"
 }
 
 write_results() {
@@ -450,7 +465,7 @@ write_results() {
             "kernel $(uname -r), $(keepalived --version 2>&1 | head -1), $(nproc) CPUs"
         echo "- keepalived: advert_int $advert s; readiness: watcher \`ringlb-ready --watch FILE $READY_CHECK\` (0.1 s probes, fall 3) as a track_file, and \`ringlb-ready $READY_CHECK\` as a vrrp_script (interval 1, fall 3)"
         echo "- load: $HELD held connections (one request each every 3 s), $RATE new connections/s" \
-            "(connect, one request, close; 2.5 s limit), from 4 client addresses"
+            "(connect, one request, close; 2.5 s limit), from 16 client addresses; ringlb balance = source-hash"
         local note
         for note in "${NOTES[@]}"; do echo "- note: $note"; done
         echo
@@ -507,6 +522,8 @@ scenario_1() {
     check 1 "ringlb killed: clients served again within $OUTAGE_LIMIT_MS ms (outage $(fig $w outage_ms) ms)" le "$(fig $w outage_ms)" $OUTAGE_LIMIT_MS
     check 1 "ringlb killed: longest gap in service within $OUTAGE_LIMIT_MS ms (gap $(fig $w gap_ms) ms)" le "$(fig $w gap_ms)" $OUTAGE_LIMIT_MS
     check 1 "VIP moved to $stby" eq "$(vip_holder)" "$stby"
+    figure 1 "source-hash affinity: 16 client addresses over backends $(affinity_spread start) before; after the failover $(affinity_spread kill)"
+    check 1 "source-hash: every client address reaches the same backend through $stby as through $act" same_affinity start kill
     check 1 "ringlb back on $act: no reset, no failure, VIP stays" eq "$(fig back resets)/$(fig back new_failed)/$(masters_since "$t0")" "0/0/1"
 }
 
@@ -527,6 +544,7 @@ scenario_2() {
     check 2 "node death: clients served again within $OUTAGE_LIMIT_MS ms (outage $(fig $w outage_ms) ms)" le "$(fig $w outage_ms)" $OUTAGE_LIMIT_MS
     check 2 "node death: longest gap in service within $OUTAGE_LIMIT_MS ms (gap $(fig $w gap_ms) ms)" le "$(fig $w gap_ms)" $OUTAGE_LIMIT_MS
     check 2 "VIP moved to $stby" eq "$(vip_holder)" "$stby"
+    check 2 "source-hash: every client address reaches the same backend through $stby as through $act" same_affinity start node-death
     DEAD_NODE=$act
 }
 

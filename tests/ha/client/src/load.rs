@@ -34,8 +34,12 @@ pub struct Plan {
 }
 
 impl Plan {
+    fn source_index(&self, i: usize) -> usize {
+        i % self.sources.len()
+    }
+
     fn source(&self, i: usize) -> Ipv4Addr {
-        self.sources[i % self.sources.len()]
+        self.sources[self.source_index(i)]
     }
 }
 
@@ -53,12 +57,12 @@ pub async fn held(plan: Arc<Plan>, recorder: Arc<Recorder>, id: usize) {
         let mut stream = match connected {
             Ok(Ok(stream)) => stream,
             Ok(Err(failure)) => {
-                recorder.record(Class::HeldConnect, start, Err(failure));
+                recorder.record(Class::HeldConnect, start, plan.source_index(id), Err(failure));
                 sleep(RECONNECT_PAUSE).await;
                 continue;
             }
             Err(_) => {
-                recorder.record(Class::HeldConnect, start, Err(Failure::Timeout));
+                recorder.record(Class::HeldConnect, start, plan.source_index(id), Err(Failure::Timeout));
                 continue;
             }
         };
@@ -73,13 +77,13 @@ pub async fn held(plan: Arc<Plan>, recorder: Arc<Recorder>, id: usize) {
             }
             let start = recorder.now_us();
             match timeout(plan.attempt_timeout, http::exchange(&mut stream, &mut buf, false)).await {
-                Ok(Ok(name)) => recorder.record(Class::HeldProbe, start, Ok(&name)),
+                Ok(Ok(name)) => recorder.record(Class::HeldProbe, start, plan.source_index(id), Ok(&name)),
                 Ok(Err(failure)) => {
-                    recorder.record(Class::HeldProbe, start, Err(failure));
+                    recorder.record(Class::HeldProbe, start, plan.source_index(id), Err(failure));
                     break;
                 }
                 Err(_) => {
-                    recorder.record(Class::HeldProbe, start, Err(Failure::Timeout));
+                    recorder.record(Class::HeldProbe, start, plan.source_index(id), Err(Failure::Timeout));
                     break;
                 }
             }
@@ -113,9 +117,9 @@ pub async fn fresh(plan: Arc<Plan>, recorder: Arc<Recorder>) -> u64 {
             let start = recorder.now_us();
             let outcome = timeout(plan.attempt_timeout, one_new(plan.source(n), plan.target)).await;
             match outcome {
-                Ok(Ok(name)) => recorder.record(Class::New, start, Ok(&name)),
-                Ok(Err(failure)) => recorder.record(Class::New, start, Err(failure)),
-                Err(_) => recorder.record(Class::New, start, Err(Failure::Timeout)),
+                Ok(Ok(name)) => recorder.record(Class::New, start, plan.source_index(n), Ok(&name)),
+                Ok(Err(failure)) => recorder.record(Class::New, start, plan.source_index(n), Err(failure)),
+                Err(_) => recorder.record(Class::New, start, plan.source_index(n), Err(Failure::Timeout)),
             }
             in_flight.fetch_sub(1, Ordering::Relaxed);
         });

@@ -32,8 +32,8 @@ use report::{Mark, OpenSample};
 /// How long the held connections may take to open before the client says it is ready anyway
 /// (with the number actually open, which the test checks).
 const HELD_OPEN_LIMIT: Duration = Duration::from_secs(30);
-/// Period of the samples of open held connections.
-const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// Period of the samples of open held connections (also the client's stall detector).
+const SAMPLE_EVERY: Duration = Duration::from_micros(report::SAMPLE_PERIOD_US);
 
 #[derive(Parser)]
 #[command(name = "ha-client", about = "Held and new connections through a virtual IP, with figures")]
@@ -141,6 +141,20 @@ fn run(args: Args) -> Result<(), ClientError> {
         for (name, w) in report::marks(&events, &samples, &marks, end_us) {
             println!("mark={name} {}", w.render());
         }
+        // Which backend each source reached, before the first mark and after each one.
+        let mut bounds: Vec<(String, u64)> = vec![("start".to_string(), ready_us)];
+        let mut sorted = marks.clone();
+        sorted.sort_by_key(|m| m.at_us);
+        bounds.extend(sorted.into_iter().map(|m| (m.name, m.at_us)));
+        for (i, (name, from)) in bounds.iter().enumerate() {
+            let to = bounds.get(i + 1).map_or(end_us, |next| next.1);
+            let fields: Vec<String> = report::affinity(&events, args.source.len(), &backends, *from, to)
+                .into_iter()
+                .zip(&args.source)
+                .map(|(backends, source)| format!("{source}={backends}"))
+                .collect();
+            println!("affinity={name} {}", fields.join(" "));
+        }
     }
     if let Some(path) = &args.csv {
         let table = report::per_second_csv(&events, &samples, args.duration);
@@ -168,6 +182,8 @@ async fn drive(plan: Arc<Plan>, recorder: Arc<Recorder>) -> (u64, u64, Vec<OpenS
         tokio::spawn(async move {
             let mut samples = Vec::new();
             let mut ticks = tokio::time::interval(SAMPLE_EVERY);
+            // After a stall, the next sample comes one period later (the stall shows as one gap).
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while tokio::time::Instant::now() < plan.deadline {
                 ticks.tick().await;
                 samples.push(OpenSample { at_us: recorder.now_us(), open: recorder.held_open() });

@@ -28,6 +28,8 @@ pub struct Event {
     pub start_us: u64,
     /// Microseconds since the start of the run when its outcome was known.
     pub end_us: u64,
+    /// Index of the source address the connection came from.
+    pub source: usize,
     pub outcome: Result<u16, Failure>,
 }
 
@@ -54,9 +56,9 @@ impl Recorder {
     }
 
     /// Records an attempt that began at `start_us` and ends now.
-    pub fn record(&self, class: Class, start_us: u64, outcome: Result<&str, Failure>) {
+    pub fn record(&self, class: Class, start_us: u64, source: usize, outcome: Result<&str, Failure>) {
         let outcome = outcome.map(|name| self.backend_index(name));
-        let event = Event { class, start_us, end_us: self.now_us(), outcome };
+        let event = Event { class, start_us, end_us: self.now_us(), source, outcome };
         // A poisoned lock means a load task panicked; the run is void, but keep recording so
         // that the report still says what happened until then.
         self.events.lock().unwrap_or_else(|p| p.into_inner()).push(event);

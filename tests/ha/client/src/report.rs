@@ -10,12 +10,13 @@
 //!   (a dropped SYN retransmitted after 1 s) rather than failed;
 //! - **first ok**: from the mark to the first success of a new connection started after it
 //!   (how long a returning node takes to serve);
+//! - **stall**: how late the client's own 100 ms sampling ran at worst (a stalled host);
 //! - counts of new connections by outcome, failed held connections by cause, and the fewest held
 //!   connections open at once.
 //!
 //! It must never read a clock: everything comes from the log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use crate::http::Failure;
@@ -23,6 +24,8 @@ use crate::record::{Class, Event};
 
 /// A success slower than this went through a retransmission: it counts as slow.
 const SLOW_US: u64 = 500_000;
+/// The period of the open-connection samples (main.rs takes them).
+pub const SAMPLE_PERIOD_US: u64 = 100_000;
 
 /// An event the test marked (a kill, a drain, ...), in microseconds since the start of the run.
 #[derive(Debug, Clone)]
@@ -54,6 +57,9 @@ pub struct Window {
     pub gap_us: u64,
     /// From the start of the window to the first served new connection that started inside it.
     pub first_ok_us: Option<u64>,
+    /// The longest time the client itself did not run beyond its sampling period: how long the
+    /// host stalled (every process of a one-host test stalls with it, keepalived included).
+    pub stall_us: u64,
 }
 
 impl Window {
@@ -78,7 +84,7 @@ impl Window {
     pub fn render(&self) -> String {
         let mut line = format!(
             "new_ok={} new_failed={} new_failed_late={} new_slow={} max_latency_ms={} outage_ms={} gap_ms={} first_ok_ms={} \
-             held_ok={} held_failed={} held_connect_failed={} resets={} held_open_min={}",
+             held_ok={} held_failed={} held_connect_failed={} resets={} held_open_min={} stall_ms={}",
             self.new_ok,
             self.new_failed_total(),
             self.new_failed_late,
@@ -92,6 +98,7 @@ impl Window {
             self.held_connect_failed,
             self.resets(),
             self.held_open_min.map_or("-".to_string(), |n| n.to_string()),
+            ms(self.stall_us),
         );
         for f in Failure::ALL {
             let new = self.new_failed.get(&f).copied().unwrap_or(0);
@@ -147,8 +154,33 @@ pub fn window(events: &[Event], samples: &[OpenSample], from_us: u64, to_us: u64
         last = e.end_us;
     }
     w.gap_us = w.gap_us.max(to_us - last);
-    w.held_open_min = samples.iter().filter(|s| s.at_us >= from_us && s.at_us < to_us).map(|s| s.open).min();
+    let inside: Vec<&OpenSample> = samples.iter().filter(|s| s.at_us >= from_us && s.at_us < to_us).collect();
+    w.held_open_min = inside.iter().map(|s| s.open).min();
+    w.stall_us = inside.windows(2).map(|p| p[1].at_us.saturating_sub(p[0].at_us + SAMPLE_PERIOD_US)).max().unwrap_or(0);
     w
+}
+
+/// Which backends served the new connections from each source address during `[from_us, to_us)`,
+/// as `SOURCE=BACKEND[+BACKEND...]` fields (sources in order; `-` for a source with no success).
+/// With source-hash balancing every source has exactly one backend, the same on every node.
+pub fn affinity(events: &[Event], sources: usize, backends: &[String], from_us: u64, to_us: u64) -> Vec<String> {
+    let mut seen: Vec<BTreeSet<u16>> = vec![BTreeSet::new(); sources];
+    for e in events.iter().filter(|e| e.class == Class::New && e.end_us >= from_us && e.end_us < to_us) {
+        if let (Ok(backend), Some(set)) = (e.outcome, seen.get_mut(e.source)) {
+            set.insert(backend);
+        }
+    }
+    seen.iter()
+        .map(|set| {
+            let names: Vec<&str> =
+                set.iter().map(|&b| backends.get(usize::from(b)).map_or("?", String::as_str)).collect();
+            if names.is_empty() {
+                "-".to_string()
+            } else {
+                names.join("+")
+            }
+        })
+        .collect()
 }
 
 /// Per-second CSV: second, new ok, new failed, slow, max latency, held probes ok and failed,
@@ -189,7 +221,18 @@ mod tests {
     use super::*;
 
     fn new(start_ms: u64, end_ms: u64, outcome: Result<u16, Failure>) -> Event {
-        Event { class: Class::New, start_us: start_ms * 1000, end_us: end_ms * 1000, outcome }
+        Event { class: Class::New, start_us: start_ms * 1000, end_us: end_ms * 1000, source: 0, outcome }
+    }
+
+    #[test]
+    fn affinity_lists_the_backends_of_each_source() {
+        let mut events = vec![new(0, 1, Ok(1)), new(2, 3, Ok(0)), new(4, 5, Ok(1))];
+        events[1].source = 1;
+        events.push(Event { source: 2, ..new(6, 7, Err(Failure::Refused)) });
+        events.push(Event { source: 1, ..new(8, 9, Ok(1)) });
+        let names = vec!["b1".to_string(), "b2".to_string()];
+        assert_eq!(affinity(&events, 3, &names, 0, 10_000), vec!["b2", "b1+b2", "-"]);
+        assert_eq!(affinity(&events, 3, &names, 0, 4_000), vec!["b2", "b1", "-"]);
     }
 
     #[test]
@@ -209,6 +252,15 @@ mod tests {
         // Between the successes at 901 ms and 2000 ms nobody was served.
         assert_eq!(w.gap_us, 1_099_000);
         assert_eq!(w.first_ok_us, Some(851_000));
+    }
+
+    #[test]
+    fn a_late_sample_is_a_stall() {
+        let samples: Vec<OpenSample> =
+            [0, 100, 200, 1_200, 1_300].iter().map(|ms| OpenSample { at_us: ms * 1000, open: 5 }).collect();
+        let w = window(&[], &samples, 0, 2_000_000);
+        assert_eq!(w.stall_us, 900_000);
+        assert_eq!(w.held_open_min, Some(5));
     }
 
     #[test]
