@@ -140,11 +140,6 @@ build_topology() {
     for extra in ${CLIENT_SOURCES//,/ }; do
         [[ $extra == "${ADDR[client]}" ]] || ip -n "$(ns client)" addr add "$extra/24" dev eth0
     done
-    # The standby's ringlb listens on 0.0.0.0, which covers the VIP whenever it arrives; nonlocal
-    # bind would also let it bind the VIP itself (the docs explain both).
-    for node in lb1 lb2; do
-        in_ns "$node" sysctl -q -w net.ipv4.ip_nonlocal_bind=1
-    done
     log "topology up: namespaces ${P}{sw,${NODES[*]}}"
 }
 
