@@ -256,6 +256,7 @@ write_keepalived_config() {
         /^\$READY_CHECK=/ { print "$READY_CHECK=" check; next }
         /^\$READY_FILE=/ { print "@lb1 $READY_FILE=" work "/lb1/ready"; print "@lb2 $READY_FILE=" work "/lb2/ready"; next }
         /^\$NOTIFY_LOG=/ { print "$NOTIFY_LOG=" logfile; next }
+        /^\$MASTER_FILE=/ { print "@lb1 $MASTER_FILE=" work "/lb1/master"; print "@lb2 $MASTER_FILE=" work "/lb2/master"; next }
         { print }
     ' "$SHIPPED_KEEPALIVED/keepalived.conf" >"$out"
     if [[ -n ${HA_ADVERT_INT:-} ]]; then
@@ -264,7 +265,7 @@ write_keepalived_config() {
     fi
     # Only the site settings may differ from the shipped file.
     local changed
-    changed=$(diff "$SHIPPED_KEEPALIVED/keepalived.conf" "$out" | grep -E '^[<>]' | grep -vcE '^[<>] ((@lb[12] )?\$(VIP|INTERFACE|SCRIPTS|READY_CHECK|READY_FILE|NOTIFY_LOG)=| *advert_int )' || true)
+    changed=$(diff "$SHIPPED_KEEPALIVED/keepalived.conf" "$out" | grep -E '^[<>]' | grep -vcE '^[<>] ((@lb[12] )?\$(VIP|INTERFACE|SCRIPTS|READY_CHECK|READY_FILE|NOTIFY_LOG|MASTER_FILE)=| *advert_int )' || true)
     [[ $changed == 0 ]] || die "the test's keepalived.conf differs from the shipped one beyond the site settings"
     keepalived -t -f "$out" -i lb1 -l >"$WORK/keepalived-check.log" 2>&1 ||
         die "keepalived -t rejects the config: $(cat "$WORK/keepalived-check.log")"
@@ -325,7 +326,8 @@ kill_node() { # kill_node NODE...
     for node in "$@"; do ip -n "$(ns "$node")" link set eth0 down; done
     for node in "$@"; do
         pids=$(ip netns pids "$(ns "$node")")
-        [[ -z $pids ]] || kill -KILL $pids
+        # (A short-lived process of the list, such as a track script, may be gone already.)
+        [[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
     done
     for node in "$@"; do
         wait_for 20 "the processes of $node to die" no_processes "$node" || {
