@@ -370,6 +370,7 @@ start_client() { # start_client NAME SECONDS
     CLIENT_PID=$!
     CLIENT_STARTED_MS=$(now_ms)
     PSI_START=$(cpu_stall_us)
+    DROPS_START=$(backlog_drops)
     wait_for 40 "the client's held connections" grep -qs '^ready' "$CLIENT_OUT" || die "client did not start"
     local open
     open=$(sed -n 's/^ready held_open=//p' "$CLIENT_OUT")
@@ -383,10 +384,19 @@ finish_client() {
     ((rc == 0)) || die "client failed: $(cat "$WORK"/client-*.err | tail -5)"
     local stall=$(($(cpu_stall_us) - PSI_START)) wall=$(($(now_ms) - CLIENT_STARTED_MS))
     if [[ $PSI_START == 0 ]] || ((wall <= 0)); then
-        CPU_PRESSURE="n/a"
+        HOST_LOAD="n/a"
     else
-        CPU_PRESSURE="$((stall / 10 / wall)) %"
+        HOST_LOAD="$((stall / 10 / wall)) %"
     fi
+    HOST_LOAD+=", $(($(backlog_drops) - DROPS_START)) dropped"
+}
+# Packets the kernel dropped because a CPU's input backlog was full (all of this host's
+# traffic shares it, the test's veth and bridge hops included): lost VRRP adverts look like a
+# dead master.
+backlog_drops() {
+    local total=0 field
+    while read -r _ field _; do total=$((total + 16#$field)); done </proc/net/softnet_stat
+    echo "$total"
 }
 # Microseconds that some runnable task of this host waited for a CPU (PSI), 0 if unknown. On a
 # machine shared with other work this tells whether the figures of a run are trustworthy.
@@ -437,9 +447,9 @@ le() { is_number "$1" && (($1 <= $2)); }
 eq() { [[ $1 == "$2" ]]; }
 
 declare -a FIGURES=()
-CPU_PRESSURE="n/a"
+HOST_LOAD="n/a"
 # figure SCENARIO "text": one row of figures, with the host's CPU pressure during the scenario.
-figure() { FIGURES+=("| $1 | $2 | $CPU_PRESSURE |"); }
+figure() { FIGURES+=("| $1 | $2 | $HOST_LOAD |"); }
 
 window_summary() { # one line of the figures that matter after a mark
     local w=$1
@@ -470,11 +480,13 @@ write_results() {
         echo "success of a new connection started no earlier; *gap* = the longest time during which no new"
         echo "connection was served; *slow* = served, but after a retransmitted SYN (>= 0.5 s); *CPU"
         echo "pressure* = share of the time some task of the host waited for a CPU (PSI \"some\") during"
-        echo "the scenario: 100 % means the host was saturated (figures are pessimistic)."
+        echo "the scenario (100 %: the host was saturated, figures are pessimistic); *packets dropped* ="
+        echo "packets the kernel dropped for a full input backlog meanwhile (lost VRRP adverts look like a"
+        echo "dead master); *host stall* = the longest time the client itself did not run."
         echo
         echo "## Measured figures"
         echo
-        echo "| scenario | figures | CPU pressure |"
+        echo "| scenario | figures | host: CPU pressure, packets dropped |"
         echo "|---|---|---|"
         printf '%s\n' "${FIGURES[@]}"
         echo
