@@ -115,12 +115,10 @@ pub async fn fresh(plan: Arc<Plan>, recorder: Arc<Recorder>) -> u64 {
         n += 1;
         tokio::spawn(async move {
             let start = recorder.now_us();
-            let outcome = timeout(plan.attempt_timeout, one_new(plan.source(n), plan.target)).await;
-            match outcome {
-                Ok(Ok(name)) => recorder.record(Class::New, start, plan.source_index(n), Ok(&name)),
-                Ok(Err(failure)) => recorder.record(Class::New, start, plan.source_index(n), Err(failure)),
-                Err(_) => recorder.record(Class::New, start, plan.source_index(n), Err(Failure::Timeout)),
-            }
+            let mut connected_us = None;
+            let attempt = one_new(plan.source(n), plan.target, &recorder, &mut connected_us);
+            let outcome = timeout(plan.attempt_timeout, attempt).await.unwrap_or(Err(Failure::Timeout));
+            recorder.record_new(start, plan.source_index(n), connected_us, outcome.as_deref().map_err(|f| *f));
             in_flight.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -132,8 +130,15 @@ pub async fn fresh(plan: Arc<Plan>, recorder: Arc<Recorder>) -> u64 {
     skipped
 }
 
-async fn one_new(source: Ipv4Addr, target: SocketAddr) -> Result<String, Failure> {
+/// One new connection; `connected_us` is set when the TCP connect has succeeded.
+async fn one_new(
+    source: Ipv4Addr,
+    target: SocketAddr,
+    recorder: &Recorder,
+    connected_us: &mut Option<u64>,
+) -> Result<String, Failure> {
     let mut stream = http::connect(source, target).await?;
+    *connected_us = Some(recorder.now_us());
     let mut buf = Vec::with_capacity(512);
     http::exchange(&mut stream, &mut buf, true).await
 }

@@ -30,6 +30,8 @@ pub struct Event {
     pub end_us: u64,
     /// Index of the source address the connection came from.
     pub source: usize,
+    /// For a new connection, when its TCP connect succeeded (None: it never connected).
+    pub connected_us: Option<u64>,
     pub outcome: Result<u16, Failure>,
 }
 
@@ -57,8 +59,24 @@ impl Recorder {
 
     /// Records an attempt that began at `start_us` and ends now.
     pub fn record(&self, class: Class, start_us: u64, source: usize, outcome: Result<&str, Failure>) {
+        self.push(class, start_us, source, None, outcome);
+    }
+
+    /// Records a new connection, with when it connected if it did.
+    pub fn record_new(&self, start_us: u64, source: usize, connected_us: Option<u64>, outcome: Result<&str, Failure>) {
+        self.push(Class::New, start_us, source, connected_us, outcome);
+    }
+
+    fn push(
+        &self,
+        class: Class,
+        start_us: u64,
+        source: usize,
+        connected_us: Option<u64>,
+        outcome: Result<&str, Failure>,
+    ) {
         let outcome = outcome.map(|name| self.backend_index(name));
-        let event = Event { class, start_us, end_us: self.now_us(), source, outcome };
+        let event = Event { class, start_us, end_us: self.now_us(), source, connected_us, outcome };
         // A poisoned lock means a load task panicked; the run is void, but keep recording so
         // that the report still says what happened until then.
         self.events.lock().unwrap_or_else(|p| p.into_inner()).push(event);

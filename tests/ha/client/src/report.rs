@@ -47,6 +47,12 @@ pub struct Window {
     pub new_failed: BTreeMap<Failure, u64>,
     /// Failed new connections that started inside the window (not in flight when it began).
     pub new_failed_late: u64,
+    /// Failed new connections that never connected (refused, unanswered): clients not served.
+    pub new_unserved: u64,
+    /// Failed new connections that had connected (reset or cut during the exchange), and the
+    /// latest time, from the start of the window, at which one of them had connected.
+    pub new_broken: u64,
+    pub broken_connected_by_us: Option<u64>,
     pub new_slow: u64,
     pub max_latency_us: u64,
     pub held_ok: u64,
@@ -83,11 +89,14 @@ impl Window {
     /// One line of `key=value` fields.
     pub fn render(&self) -> String {
         let mut line = format!(
-            "new_ok={} new_failed={} new_failed_late={} new_slow={} max_latency_ms={} outage_ms={} gap_ms={} first_ok_ms={} \
+            "new_ok={} new_failed={} new_failed_late={} new_unserved={} new_broken={} broken_connected_by_ms={} new_slow={} max_latency_ms={} outage_ms={} gap_ms={} first_ok_ms={} \
              held_ok={} held_failed={} held_connect_failed={} resets={} held_open_min={} stall_ms={}",
             self.new_ok,
             self.new_failed_total(),
             self.new_failed_late,
+            self.new_unserved,
+            self.new_broken,
+            self.broken_connected_by_us.map_or("-".to_string(), |us| (us / 1000).to_string()),
             self.new_slow,
             ms(self.max_latency_us),
             ms(self.outage_us),
@@ -132,6 +141,14 @@ pub fn window(events: &[Event], samples: &[OpenSample], from_us: u64, to_us: u64
                 *w.new_failed.entry(f).or_default() += 1;
                 if e.start_us >= from_us {
                     w.new_failed_late += 1;
+                }
+                match e.connected_us {
+                    None => w.new_unserved += 1,
+                    Some(at) => {
+                        w.new_broken += 1;
+                        let since = at.saturating_sub(from_us);
+                        w.broken_connected_by_us = Some(w.broken_connected_by_us.map_or(since, |t| t.max(since)));
+                    }
                 }
                 first_failure = Some(first_failure.map_or(e.start_us, |t| t.min(e.start_us)));
             }
@@ -221,7 +238,14 @@ mod tests {
     use super::*;
 
     fn new(start_ms: u64, end_ms: u64, outcome: Result<u16, Failure>) -> Event {
-        Event { class: Class::New, start_us: start_ms * 1000, end_us: end_ms * 1000, source: 0, outcome }
+        Event {
+            class: Class::New,
+            start_us: start_ms * 1000,
+            end_us: end_ms * 1000,
+            source: 0,
+            connected_us: None,
+            outcome,
+        }
     }
 
     #[test]
@@ -252,6 +276,18 @@ mod tests {
         // Between the successes at 901 ms and 2000 ms nobody was served.
         assert_eq!(w.gap_us, 1_099_000);
         assert_eq!(w.first_ok_us, Some(851_000));
+    }
+
+    #[test]
+    fn failures_after_the_connect_are_broken_not_unserved() {
+        let events = vec![
+            new(10, 11, Err(Failure::Refused)),
+            Event { connected_us: Some(30_000), ..new(20, 40, Err(Failure::Reset)) },
+            Event { connected_us: Some(55_000), ..new(50, 60, Err(Failure::Closed)) },
+        ];
+        let w = window(&events, &[], 5_000, 100_000);
+        assert_eq!((w.new_unserved, w.new_broken), (1, 2));
+        assert_eq!(w.broken_connected_by_us, Some(50_000));
     }
 
     #[test]
