@@ -36,7 +36,7 @@ use tracing::{debug, error, info, warn};
 use super::checks::{self, CheckFailure, Probe};
 use super::commands::{AdminState, CommandError, Request, ServerChange, ServerCommand, ServerControl};
 use super::ring::{CheckRing, Event, Target};
-use super::schedule::{self, Rng, Schedule, TICK};
+use super::schedule::{self, Rng, Schedule};
 use super::state::{Health, ServerHealth, Thresholds};
 use crate::config::{Config, HealthCheck, InitialState, OnAllDown};
 use crate::metrics::{HealthView, Metrics};
@@ -90,8 +90,7 @@ const RELOAD_WAIT: Duration = Duration::from_secs(5);
 struct CheckSpec {
     pool: usize,
     server: usize,
-    /// Ticks between two checks (see `schedule`).
-    period: u64,
+    interval: Duration,
 }
 
 /// One finished check.
@@ -183,21 +182,24 @@ struct Checks {
     due: Vec<u64>,
     /// Tick 0.
     origin: Instant,
+    tick: Duration,
 }
 
 impl Checks {
     fn new(specs: Vec<CheckSpec>, targets: Vec<Target>) -> io::Result<Checks> {
         let ring = if targets.is_empty() { None } else { Some(CheckRing::new(targets)?) };
-        let schedule = Schedule::new(specs.iter().map(|c| c.period).collect(), &mut Rng::from_clock());
-        Ok(Checks { due: vec![0; specs.len()], specs, ring, schedule, origin: Instant::now() })
+        let tick = schedule::tick(specs.iter().map(|c| c.interval));
+        let periods = specs.iter().map(|c| schedule::period_ticks(c.interval, tick)).collect();
+        let schedule = Schedule::new(periods, &mut Rng::from_clock());
+        Ok(Checks { due: vec![0; specs.len()], specs, ring, schedule, origin: Instant::now(), tick })
     }
 
     fn tick_now(&self) -> u64 {
-        (self.origin.elapsed().as_nanos() / TICK.as_nanos()) as u64
+        (self.origin.elapsed().as_nanos() / self.tick.as_nanos()) as u64
     }
 
     fn instant_of(&self, tick: u64) -> Instant {
-        self.origin + Duration::from_nanos((TICK.as_nanos() as u64).saturating_mul(tick))
+        self.origin + Duration::from_nanos((self.tick.as_nanos() as u64).saturating_mul(tick))
     }
 
     fn start(&mut self, check: usize, due: u64) {
@@ -405,7 +407,7 @@ fn check_specs(config: &Config) -> (Vec<CheckSpec>, Vec<Target>) {
     for (p, pool) in config.pools.iter().enumerate() {
         for (s, server) in pool.servers.iter().enumerate().filter(|(_, server)| server.check) {
             let Some(probe) = Probe::new(&pool.health.check, &server.addr) else { continue };
-            checks.push(CheckSpec { pool: p, server: s, period: schedule::period_ticks(pool.health.interval) });
+            checks.push(CheckSpec { pool: p, server: s, interval: pool.health.interval });
             targets.push(Target { probe, addr: server.check_addr().into(), timeout: pool.health.timeout });
         }
     }
