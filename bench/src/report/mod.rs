@@ -55,24 +55,16 @@ pub fn run(args: &ReportArgs) -> Result<(), BenchError> {
     if !failures.is_empty() {
         let _ = writeln!(md, "## Failures\n");
         for f in failures {
-            let _ = writeln!(
-                md,
-                "- {} {}: {}",
-                f.target,
-                f.workload.as_deref().unwrap_or("(all workloads)"),
-                f.reason
-            );
+            let _ = writeln!(md, "- {} {}: {}", f.target, f.workload.as_deref().unwrap_or("(all workloads)"), f.reason);
         }
         md.push('\n');
     }
     if let Some(svg_path) = &args.svg {
         if let Some(svg) = plot(&res) {
             std::fs::write(svg_path, svg).map_err(|e| BenchError::File(svg_path.clone(), e))?;
-            let name = svg_path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("latest.svg");
-            let _ = writeln!(md, "## p99 latency against offered rate\n\n![p99 latency against offered rate]({name})\n");
+            let name = svg_path.file_name().and_then(|n| n.to_str()).unwrap_or("latest.svg");
+            let _ =
+                writeln!(md, "## p99 latency against offered rate\n\n![p99 latency against offered rate]({name})\n");
         }
     }
     std::fs::write(&args.md, md).map_err(|e| BenchError::File(args.md.clone(), e))
@@ -80,10 +72,7 @@ pub fn run(args: &ReportArgs) -> Result<(), BenchError> {
 
 /// Headline: each workload's primary figure (and CPU cost) per target.
 fn summary(res: &Results, md: &mut String) {
-    let _ = writeln!(
-        md,
-        "## Summary (median of rounds, min–max in parentheses)\n"
-    );
+    let _ = writeln!(md, "## Summary (median of rounds, min–max in parentheses)\n");
     let _ = write!(md, "| workload | figure |");
     for t in &res.targets {
         let _ = write!(md, " {t} |");
@@ -98,12 +87,7 @@ fn summary(res: &Results, md: &mut String) {
         let (primary, _) = metrics_of(first);
         let mut rows = vec![primary];
         match first.mode.as_str() {
-            "hold" => rows.extend([
-                Metric::Errors,
-                Metric::RssPerConn,
-                Metric::SlabPerConn,
-                Metric::SocketSlabPerConn,
-            ]),
+            "hold" => rows.extend([Metric::Errors, Metric::RssPerConn, Metric::SlabPerConn, Metric::SocketSlabPerConn]),
             _ => rows.push(Metric::Cpu),
         }
         for m in rows {
@@ -126,18 +110,10 @@ fn summary(res: &Results, md: &mut String) {
 
 /// Ratios of medians: each proxy against the direct path, ringlb against the other proxies.
 fn ratios(res: &Results, md: &mut String) {
-    let proxies: Vec<&String> = res
-        .targets
-        .iter()
-        .filter(|t| t.as_str() != "direct")
-        .collect();
+    let proxies: Vec<&String> = res.targets.iter().filter(|t| t.as_str() != "direct").collect();
     let mut pairs: Vec<(String, String)> = Vec::new();
     if res.targets.iter().any(|t| t == "direct") {
-        pairs.extend(
-            proxies
-                .iter()
-                .map(|p| (p.to_string(), "direct".to_string())),
-        );
+        pairs.extend(proxies.iter().map(|p| (p.to_string(), "direct".to_string())));
     }
     if res.targets.iter().any(|t| t == "ringlb") {
         for other in proxies.iter().filter(|p| p.as_str() != "ringlb") {
@@ -161,9 +137,7 @@ fn ratios(res: &Results, md: &mut String) {
         let Some(first) = res.first(w) else { continue };
         let (primary, _) = metrics_of(first);
         for m in [primary, Metric::Cpu] {
-            if m == Metric::Cpu
-                && (first.mode == "hold"
-                    || res.targets.iter().all(|t| res.values(w, t, m).is_empty()))
+            if m == Metric::Cpu && (first.mode == "hold" || res.targets.iter().all(|t| res.values(w, t, m).is_empty()))
             {
                 continue;
             }
@@ -171,7 +145,7 @@ fn ratios(res: &Results, md: &mut String) {
             if cells.iter().all(|c| c == "–") {
                 continue;
             }
-            let _ = write!(md, "| {} | {} |", describe(first), m.header());
+            let _ = write!(md, "| {} | {} |", describe(first), header(res, w, m));
             for c in cells {
                 let _ = write!(md, " {c} |");
             }
@@ -181,29 +155,26 @@ fn ratios(res: &Results, md: &mut String) {
     md.push('\n');
 }
 
+/// A short column header; the CPU figure's header names its unit (per million requests or
+/// connections, or per GB).
+fn header(res: &Results, w: &str, m: Metric) -> String {
+    match (m, res.cpu_unit(w)) {
+        (Metric::Cpu, Some(u)) if u.ends_with("per GB") => "CPU s/GB".into(),
+        _ => m.header().to_string(),
+    }
+}
+
 fn details(res: &Results, w: &str, md: &mut String) {
     let Some(first) = res.first(w) else { return };
     let (_, cols) = metrics_of(first);
-    let cols: Vec<Metric> = cols
-        .iter()
-        .copied()
-        .filter(|&m| res.targets.iter().any(|t| !res.values(w, t, m).is_empty()))
-        .collect();
-    let rounds = res
-        .targets
-        .iter()
-        .map(|t| res.runs_of(w, t).count())
-        .max()
-        .unwrap_or(0);
+    let cols: Vec<Metric> =
+        cols.iter().copied().filter(|&m| res.targets.iter().any(|t| !res.values(w, t, m).is_empty())).collect();
+    let rounds = res.targets.iter().map(|t| res.runs_of(w, t).count()).max().unwrap_or(0);
     let plural = if rounds == 1 { "" } else { "s" };
-    let _ = writeln!(
-        md,
-        "### {w}: {} ({rounds} round{plural})\n",
-        describe(first)
-    );
+    let _ = writeln!(md, "### {w}: {} ({rounds} round{plural})\n", describe(first));
     let _ = write!(md, "| target |");
     for m in &cols {
-        let _ = write!(md, " {} |", m.header());
+        let _ = write!(md, " {} |", header(res, w, *m));
     }
     md.push_str("\n|---|");
     for _ in &cols {
@@ -245,27 +216,15 @@ fn plot(res: &Results) -> Option<String> {
     let mut series = Vec::new();
     for t in &res.targets {
         let mut by_rate: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
-        for r in res
-            .runs
-            .iter()
-            .filter(|r| r.tags.contains_key("sweep") && r.tags.get("target") == Some(t))
-        {
+        for r in res.runs.iter().filter(|r| r.tags.contains_key("sweep") && r.tags.get("target") == Some(t)) {
             if let Some(l) = &r.latency {
-                by_rate
-                    .entry(r.params.rate as u64)
-                    .or_default()
-                    .push(l.p99_us);
+                by_rate.entry(r.params.rate as u64).or_default().push(l.p99_us);
             }
         }
-        let points: Vec<(f64, f64)> = by_rate
-            .iter()
-            .filter_map(|(&rate, v)| median(v).map(|m| (rate as f64, m)))
-            .collect();
+        let points: Vec<(f64, f64)> =
+            by_rate.iter().filter_map(|(&rate, v)| median(v).map(|m| (rate as f64, m))).collect();
         if !points.is_empty() {
-            series.push(svg::Series {
-                name: t.clone(),
-                points,
-            });
+            series.push(svg::Series { name: t.clone(), points });
         }
     }
     svg::plot(
@@ -286,16 +245,10 @@ mod tests {
         let mut r = RunResult {
             mode: "rr".into(),
             rate,
-            params: Params {
-                conns: 64,
-                ..Params::default()
-            },
+            params: Params { conns: 64, ..Params::default() },
             ..RunResult::default()
         };
-        r.latency = Some(Latency {
-            p99_us: rate / 1000.0,
-            ..Latency::default()
-        });
+        r.latency = Some(Latency { p99_us: rate / 1000.0, ..Latency::default() });
         r.tags.insert("target".into(), target.into());
         r.tags.insert("workload".into(), "rr-max".into());
         r.tags.insert("round".into(), round.to_string());
@@ -318,13 +271,8 @@ mod tests {
             r#"{"meta":{"host":"test"}}"#.to_string(),
         ];
         let _ = std::fs::write(&input, lines.join("\n"));
-        let args = ReportArgs {
-            input,
-            md: dir.join("r.md"),
-            svg: None,
-            title: "t".into(),
-            order: "direct haproxy".into(),
-        };
+        let args =
+            ReportArgs { input, md: dir.join("r.md"), svg: None, title: "t".into(), order: "direct haproxy".into() };
         let result = super::run(&args);
         let md = std::fs::read_to_string(&args.md).unwrap_or_default();
         let _ = std::fs::remove_dir_all(&dir);
@@ -333,10 +281,7 @@ mod tests {
         assert!(md.contains("| 0.50 |"), "{md}");
         assert!(md.contains("failed"), "{md}");
         assert!(md.contains("- host: test"), "{md}");
-        assert!(
-            md.contains("| workload | figure | direct | haproxy | ringlb |"),
-            "{md}"
-        );
+        assert!(md.contains("| workload | figure | direct | haproxy | ringlb |"), "{md}");
     }
 
     #[test]

@@ -144,11 +144,7 @@ pub fn median(v: &[f64]) -> Option<f64> {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let n = s.len();
-    Some(if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    })
+    Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 })
 }
 
 /// All results, indexed by workload then target, in order of first appearance.
@@ -174,8 +170,8 @@ impl Results {
             if line.trim().is_empty() {
                 continue;
             }
-            let parsed: Line = serde_json::from_str(line)
-                .map_err(|e| BenchError::Results(path.clone(), i + 1, e.to_string()))?;
+            let parsed: Line =
+                serde_json::from_str(line).map_err(|e| BenchError::Results(path.clone(), i + 1, e.to_string()))?;
             match parsed {
                 Line::Failure { failure } => {
                     me.note_target(&failure.target);
@@ -186,10 +182,7 @@ impl Results {
                 }
                 Line::Meta { meta } => me.meta.extend(meta),
                 Line::Run(r) => {
-                    let (Some(t), Some(w)) = (
-                        r.tags.get("target").cloned(),
-                        r.tags.get("workload").cloned(),
-                    ) else {
+                    let (Some(t), Some(w)) = (r.tags.get("target").cloned(), r.tags.get("workload").cloned()) else {
                         return Err(BenchError::Results(
                             path.clone(),
                             i + 1,
@@ -207,12 +200,7 @@ impl Results {
 
     /// Puts the targets named in `order` first, in that order.
     pub fn order(&mut self, order: &str) {
-        let rank = |t: &String| {
-            order
-                .split_whitespace()
-                .position(|o| o == t)
-                .unwrap_or(usize::MAX)
-        };
+        let rank = |t: &String| order.split_whitespace().position(|o| o == t).unwrap_or(usize::MAX);
         self.targets.sort_by_key(rank);
     }
 
@@ -236,11 +224,7 @@ impl Results {
         }
     }
 
-    pub fn runs_of<'a>(
-        &'a self,
-        workload: &'a str,
-        target: &'a str,
-    ) -> impl Iterator<Item = &'a RunResult> + 'a {
+    pub fn runs_of<'a>(&'a self, workload: &'a str, target: &'a str) -> impl Iterator<Item = &'a RunResult> + 'a {
         self.runs.iter().filter(move |r| {
             r.tags.get("workload").map(String::as_str) == Some(workload)
                 && r.tags.get("target").map(String::as_str) == Some(target)
@@ -248,22 +232,16 @@ impl Results {
     }
 
     pub fn values(&self, workload: &str, target: &str, m: Metric) -> Vec<f64> {
-        self.runs_of(workload, target)
-            .filter_map(|r| m.of(r))
-            .collect()
+        self.runs_of(workload, target).filter_map(|r| m.of(r)).collect()
     }
 
     pub fn first(&self, workload: &str) -> Option<&RunResult> {
-        self.runs
-            .iter()
-            .find(|r| r.tags.get("workload").map(String::as_str) == Some(workload))
+        self.runs.iter().find(|r| r.tags.get("workload").map(String::as_str) == Some(workload))
     }
 
     /// Why `target` has no result for `workload`, if it failed.
     pub fn failure(&self, workload: &str, target: &str) -> Option<&Failure> {
-        self.failures
-            .iter()
-            .find(|f| f.target == target && f.workload.as_deref().is_none_or(|w| w == workload))
+        self.failures.iter().find(|f| f.target == target && f.workload.as_deref().is_none_or(|w| w == workload))
     }
 
     pub fn cell(&self, workload: &str, target: &str, m: Metric) -> String {
@@ -284,10 +262,7 @@ impl Results {
     }
 
     pub fn ratio(&self, workload: &str, a: &str, b: &str, m: Metric) -> String {
-        match (
-            median(&self.values(workload, a, m)),
-            median(&self.values(workload, b, m)),
-        ) {
+        match (median(&self.values(workload, a, m)), median(&self.values(workload, b, m))) {
             (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
             _ => "–".into(),
         }
@@ -308,13 +283,7 @@ pub fn metrics_of(r: &RunResult) -> (Metric, &'static [Metric]) {
         Metric::Threads,
         Metric::IoWorkers,
     ];
-    const BULK: &[Metric] = &[
-        Metric::Gbit,
-        Metric::Errors,
-        Metric::Cpu,
-        Metric::Threads,
-        Metric::IoWorkers,
-    ];
+    const BULK: &[Metric] = &[Metric::Gbit, Metric::Errors, Metric::Cpu, Metric::Threads, Metric::IoWorkers];
     const HOLD: &[Metric] = &[
         Metric::Served,
         Metric::Errors,
@@ -340,11 +309,7 @@ pub fn describe(r: &RunResult) -> String {
     }
     let p = &r.params;
     match r.mode.as_str() {
-        "bulk" => format!(
-            "bulk, {} stream(s) {}",
-            p.streams.unwrap_or(1),
-            p.direction.as_deref().unwrap_or("")
-        ),
+        "bulk" => format!("bulk, {} stream(s) {}", p.streams.unwrap_or(1), p.direction.as_deref().unwrap_or("")),
         "hold" => format!("hold {} connections, {} req/s", p.conns, p.rate),
         m if p.rate > 0.0 => format!("{m}, {} connections at {} /s", p.conns, si(p.rate)),
         m => format!("{m}, {} connections, flat out", p.conns),

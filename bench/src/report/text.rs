@@ -76,11 +76,7 @@ pub fn brief(r: &RunResult) -> String {
         (None, None) => format!("{}/s", si(r.rate)),
     };
     if let Some(l) = &r.latency {
-        let _ = write!(
-            s,
-            "  p50 {:.0}µs p99 {:.0}µs p99.9 {:.0}µs",
-            l.p50_us, l.p99_us, l.p999_us
-        );
+        let _ = write!(s, "  p50 {:.0}µs p99 {:.0}µs p99.9 {:.0}µs", l.p50_us, l.p99_us, l.p999_us);
     }
     let _ = write!(s, "  errors {}", r.errors + r.unfinished);
     if let Some(h) = &r.hold {
@@ -106,11 +102,5 @@ pub fn brief(r: &RunResult) -> String {
 }
 
 fn opt(v: Option<f64>) -> String {
-    v.map_or("–".into(), |v| {
-        if v.fract() == 0.0 {
-            format!("{v:.0}")
-        } else {
-            format!("{v:.2}")
-        }
-    })
+    v.map_or("–".into(), |v| if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.2}") })
 }
