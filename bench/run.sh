@@ -9,7 +9,8 @@
 #   STRESS_ROUNDS=N  rounds of the 50,000-connection hold (default 1)
 #   TARGETS="..."    subset/order of: direct haproxy haproxy-splice nginx ringlb, and the data-path
 #                    variants ringlb-splice (runtime.splice = "always") and ringlb-copy ("never");
-#                    ringlb itself runs the default, "auto"
+#                    ringlb itself runs the default, "auto". haproxy-splice-all: HAProxy with
+#                    splice(2) for every transfer (option splice-request, splice-response)
 #   WORKLOADS="..."  subset of: rr-max rr-sweep conn-max bulk hold-10k hold-50k
 #   RATES="..."      offered rates of the rr sweep (requests/s)
 #   REQUIRE="..."    targets that must start and complete every run, or the exit status is 1
@@ -259,6 +260,7 @@ start_target() {
         direct) ;;
         haproxy) start_haproxy haproxy "" ;;
         haproxy-splice) start_haproxy haproxy-splice "    option splice-auto" ;;
+        haproxy-splice-all) start_haproxy haproxy-splice-all "    option splice-request\n    option splice-response" ;;
         nginx) start_nginx ;;
         ringlb) start_ringlb ringlb auto ;;
         ringlb-splice) start_ringlb ringlb-splice always ;;
