@@ -44,3 +44,4 @@ clean:
 # More targets (bench, test-ha, tune-apply, ...) live next to what they drive.
 -include bench/bench.mk
 -include tuning/tuning.mk
+-include tests/ha/ha.mk
