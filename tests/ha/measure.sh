@@ -28,7 +28,7 @@ run_variant() {
     fi
     # The figure rows of the failure scenarios: outage and gap after each event, and how busy
     # the host was meanwhile.
-    grep -E '^\| [12] \| (ringlb killed on|node [^ ]+ dead):' "$results" |
+    { grep -E '^\| [12] \| (ringlb killed on|node [^ ]+ dead):' "$results" || tail -3 "$WORK/$name.log"; } |
         sed -E "s/^\| ([12]) \| ([^:]*):.* outage ([0-9]+) ms, gap ([0-9]+) ms.*\| ([^|]*) \|$/$name: scenario \1, \2: outage \3 ms, gap \4 ms, CPU pressure \5/"
 }
 

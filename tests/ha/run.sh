@@ -140,11 +140,6 @@ build_topology() {
     for extra in ${CLIENT_SOURCES//,/ }; do
         [[ $extra == "${ADDR[client]}" ]] || ip -n "$(ns client)" addr add "$extra/24" dev eth0
     done
-    # The standby's ringlb listens on 0.0.0.0, which covers the VIP whenever it arrives; nonlocal
-    # bind would also let it bind the VIP itself (the docs explain both).
-    for node in lb1 lb2; do
-        in_ns "$node" sysctl -q -w net.ipv4.ip_nonlocal_bind=1
-    done
     log "topology up: namespaces ${P}{sw,${NODES[*]}}"
 }
 
@@ -261,6 +256,7 @@ write_keepalived_config() {
         /^\$READY_CHECK=/ { print "$READY_CHECK=" check; next }
         /^\$READY_FILE=/ { print "@lb1 $READY_FILE=" work "/lb1/ready"; print "@lb2 $READY_FILE=" work "/lb2/ready"; next }
         /^\$NOTIFY_LOG=/ { print "$NOTIFY_LOG=" logfile; next }
+        /^\$MASTER_FILE=/ { print "@lb1 $MASTER_FILE=" work "/lb1/master"; print "@lb2 $MASTER_FILE=" work "/lb2/master"; next }
         { print }
     ' "$SHIPPED_KEEPALIVED/keepalived.conf" >"$out"
     if [[ -n ${HA_ADVERT_INT:-} ]]; then
@@ -269,7 +265,7 @@ write_keepalived_config() {
     fi
     # Only the site settings may differ from the shipped file.
     local changed
-    changed=$(diff "$SHIPPED_KEEPALIVED/keepalived.conf" "$out" | grep -E '^[<>]' | grep -vcE '^[<>] ((@lb[12] )?\$(VIP|INTERFACE|SCRIPTS|READY_CHECK|READY_FILE|NOTIFY_LOG)=| *advert_int )' || true)
+    changed=$(diff "$SHIPPED_KEEPALIVED/keepalived.conf" "$out" | grep -E '^[<>]' | grep -vcE '^[<>] ((@lb[12] )?\$(VIP|INTERFACE|SCRIPTS|READY_CHECK|READY_FILE|NOTIFY_LOG|MASTER_FILE)=| *advert_int )' || true)
     [[ $changed == 0 ]] || die "the test's keepalived.conf differs from the shipped one beyond the site settings"
     keepalived -t -f "$out" -i lb1 -l >"$WORK/keepalived-check.log" 2>&1 ||
         die "keepalived -t rejects the config: $(cat "$WORK/keepalived-check.log")"
@@ -330,7 +326,8 @@ kill_node() { # kill_node NODE...
     for node in "$@"; do ip -n "$(ns "$node")" link set eth0 down; done
     for node in "$@"; do
         pids=$(ip netns pids "$(ns "$node")")
-        [[ -z $pids ]] || kill -KILL $pids
+        # (A short-lived process of the list, such as a track script, may be gone already.)
+        [[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
     done
     for node in "$@"; do
         wait_for 20 "the processes of $node to die" no_processes "$node" || {
@@ -373,6 +370,7 @@ start_client() { # start_client NAME SECONDS
     CLIENT_PID=$!
     CLIENT_STARTED_MS=$(now_ms)
     PSI_START=$(cpu_stall_us)
+    DROPS_START=$(backlog_drops)
     wait_for 40 "the client's held connections" grep -qs '^ready' "$CLIENT_OUT" || die "client did not start"
     local open
     open=$(sed -n 's/^ready held_open=//p' "$CLIENT_OUT")
@@ -386,10 +384,19 @@ finish_client() {
     ((rc == 0)) || die "client failed: $(cat "$WORK"/client-*.err | tail -5)"
     local stall=$(($(cpu_stall_us) - PSI_START)) wall=$(($(now_ms) - CLIENT_STARTED_MS))
     if [[ $PSI_START == 0 ]] || ((wall <= 0)); then
-        CPU_PRESSURE="n/a"
+        HOST_LOAD="n/a"
     else
-        CPU_PRESSURE="$((stall / 10 / wall)) %"
+        HOST_LOAD="$((stall / 10 / wall)) %"
     fi
+    HOST_LOAD+=", $(($(backlog_drops) - DROPS_START)) dropped"
+}
+# Packets the kernel dropped because a CPU's input backlog was full (all of this host's
+# traffic shares it, the test's veth and bridge hops included): lost VRRP adverts look like a
+# dead master.
+backlog_drops() {
+    local total=0 field
+    while read -r _ field _; do total=$((total + 16#$field)); done </proc/net/softnet_stat
+    echo "$total"
 }
 # Microseconds that some runnable task of this host waited for a CPU (PSI), 0 if unknown. On a
 # machine shared with other work this tells whether the figures of a run are trustworthy.
@@ -440,9 +447,9 @@ le() { is_number "$1" && (($1 <= $2)); }
 eq() { [[ $1 == "$2" ]]; }
 
 declare -a FIGURES=()
-CPU_PRESSURE="n/a"
+HOST_LOAD="n/a"
 # figure SCENARIO "text": one row of figures, with the host's CPU pressure during the scenario.
-figure() { FIGURES+=("| $1 | $2 | $CPU_PRESSURE |"); }
+figure() { FIGURES+=("| $1 | $2 | $HOST_LOAD |"); }
 
 window_summary() { # one line of the figures that matter after a mark
     local w=$1
@@ -473,11 +480,13 @@ write_results() {
         echo "success of a new connection started no earlier; *gap* = the longest time during which no new"
         echo "connection was served; *slow* = served, but after a retransmitted SYN (>= 0.5 s); *CPU"
         echo "pressure* = share of the time some task of the host waited for a CPU (PSI \"some\") during"
-        echo "the scenario: 100 % means the host was saturated (figures are pessimistic)."
+        echo "the scenario (100 %: the host was saturated, figures are pessimistic); *packets dropped* ="
+        echo "packets the kernel dropped for a full input backlog meanwhile (lost VRRP adverts look like a"
+        echo "dead master); *host stall* = the longest time the client itself did not run."
         echo
         echo "## Measured figures"
         echo
-        echo "| scenario | figures | CPU pressure |"
+        echo "| scenario | figures | host: CPU pressure, packets dropped |"
         echo "|---|---|---|"
         printf '%s\n' "${FIGURES[@]}"
         echo
