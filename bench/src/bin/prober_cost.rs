@@ -86,13 +86,13 @@ struct Sample {
     process: (u64, u64),
     prober_ns: u64,
     checks: u64,
-    /// (checks, seconds spent in them) by the prober's own count, from /metrics.
-    done: Option<(f64, f64)>,
+    /// (checks, seconds spent in them, checks of 100 ms or less) by the prober's own count.
+    done: Option<(f64, f64, f64)>,
 }
 
-/// The sums of `ringlb_server_check_duration_seconds_count` and `_sum` over every server, from
-/// the admin endpoint's /metrics.
-fn scrape_checks(admin: SocketAddr) -> Result<(f64, f64), String> {
+/// Over every server, from the admin endpoint's /metrics: checks done, seconds spent in them, and
+/// how many of them took 100 ms or less (`ringlb_server_check_duration_seconds`).
+fn scrape_checks(admin: SocketAddr) -> Result<(f64, f64, f64), String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))
         .map_err(|e| format!("admin {admin}: {e}"))?;
@@ -106,7 +106,13 @@ fn scrape_checks(admin: SocketAddr) -> Result<(f64, f64), String> {
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    Ok((sum("ringlb_server_check_duration_seconds_count{"), sum("ringlb_server_check_duration_seconds_sum{")))
+    let quick: f64 = text
+        .lines()
+        .filter(|line| line.starts_with("ringlb_server_check_duration_seconds_bucket{") && line.contains("le=\"0.1\""))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let name = "ringlb_server_check_duration_seconds";
+    Ok((sum(&format!("{name}_count{{")), sum(&format!("{name}_sum{{")), quick))
 }
 
 /// (utime, stime), in ticks, of /proc/PID/task/TID/stat (or /proc/PID/stat when `tid` is None).
@@ -290,16 +296,17 @@ fn run() -> Result<(), String> {
     let seen = (last.checks - first.checks) as f64;
     // The prober's own count, from its metrics; the servers' count when there is none.
     let done = match (first.done, last.done) {
-        (Some(a), Some(b)) => Some((b.0 - a.0, b.1 - a.1)),
+        (Some(a), Some(b)) => Some((b.0 - a.0, b.1 - a.1, b.2 - a.2)),
         _ => None,
     };
-    let checks = done.map_or(seen, |(checks, _)| checks).max(1.0);
+    let checks = done.map_or(seen, |(checks, ..)| checks).max(1.0);
     println!("servers {}, tcp checks every {}, measured over {elapsed:.1} s", args.servers, args.interval);
-    if let Some((checks, seconds)) = done {
+    if let Some((checks, seconds, quick)) = done {
         println!(
-            "checks done (the prober's count): {:.0}/s, {:.2} ms each on average",
+            "checks done (the prober's count): {:.0}/s, {:.2} ms each on average, {:.0} over 100 ms",
             checks / elapsed,
-            seconds / checks.max(1.0) * 1000.0
+            seconds / checks.max(1.0) * 1000.0,
+            checks - quick
         );
     }
     println!("check connections seen by the servers: {:.0}/s", seen / elapsed);
