@@ -6,11 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "ringlb",
-    version,
-    about = "High-availability L4 TCP load balancer on io_uring"
-)]
+#[command(name = "ringlb", version, about = "High-availability L4 TCP load balancer on io_uring")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
