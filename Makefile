@@ -32,7 +32,7 @@ run: build
 	"$(RINGLB)" run -c "$(CONFIG)"
 
 test:
-	$(CARGO) test --workspace --release
+	$(CARGO) test --workspace --release --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all -- --check
