@@ -52,21 +52,9 @@ fn pump(sock: &Socket, upload: bool, end: u64) -> (u64, Option<std::io::Error>) 
     let mut buf = vec![0x5a_u8; CHUNK];
     let mut bytes = 0u64;
     while sys::monotonic_ns() < end {
-        let n = if upload {
-            (&*sock).write(&buf)
-        } else {
-            (&*sock).read(&mut buf)
-        };
+        let n = if upload { (&*sock).write(&buf) } else { (&*sock).read(&mut buf) };
         match n {
-            Ok(0) => {
-                return (
-                    bytes,
-                    Some(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "closed by peer",
-                    )),
-                )
-            }
+            Ok(0) => return (bytes, Some(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed by peer"))),
             Ok(n) => bytes += n as u64,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return (bytes, Some(e)),
@@ -85,9 +73,7 @@ pub fn run(b: &Bulk, pids: &[u32]) -> Result<RunResult, BenchError> {
         match open(src, dst, b.upload) {
             Ok(s) => socks.push(s),
             Err(e) => {
-                *r.error_kinds
-                    .entry(format!("connect: {}", e.kind()))
-                    .or_insert(0) += 1;
+                *r.error_kinds.entry(format!("connect: {}", e.kind())).or_insert(0) += 1;
                 r.errors += 1;
             }
         }
@@ -96,12 +82,8 @@ pub fn run(b: &Bulk, pids: &[u32]) -> Result<RunResult, BenchError> {
     let start = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut handles = Vec::new();
     for sock in socks {
-        let (barrier, start, upload, dur) = (
-            Arc::clone(&barrier),
-            Arc::clone(&start),
-            b.upload,
-            b.duration.as_nanos() as u64,
-        );
+        let (barrier, start, upload, dur) =
+            (Arc::clone(&barrier), Arc::clone(&start), b.upload, b.duration.as_nanos() as u64);
         handles.push(std::thread::spawn(move || {
             barrier.wait();
             let end = start.load(std::sync::atomic::Ordering::Acquire) + dur;
@@ -118,9 +100,7 @@ pub fn run(b: &Bulk, pids: &[u32]) -> Result<RunResult, BenchError> {
             Ok((n, err)) => {
                 bytes += n;
                 if let Some(e) = err {
-                    *r.error_kinds
-                        .entry(format!("stream: {}", e.kind()))
-                        .or_insert(0) += 1;
+                    *r.error_kinds.entry(format!("stream: {}", e.kind())).or_insert(0) += 1;
                     r.errors += 1;
                 }
             }

@@ -8,8 +8,7 @@
 /// The request sent on a keep-alive connection.
 pub fn request(path: &str, close: bool) -> Vec<u8> {
     let connection = if close { "Connection: close\r\n" } else { "" };
-    format!("GET {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: ringlb-bench\r\n{connection}\r\n")
-        .into_bytes()
+    format!("GET {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: ringlb-bench\r\n{connection}\r\n").into_bytes()
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -40,10 +39,7 @@ pub fn parse_response(buf: &[u8]) -> Parse {
     if !status_line.starts_with(b"HTTP/1.") || status_line.len() < 12 {
         return Parse::Invalid("bad status line");
     }
-    let status = match std::str::from_utf8(&status_line[9..12])
-        .ok()
-        .and_then(|s| s.parse::<u16>().ok())
-    {
+    let status = match std::str::from_utf8(&status_line[9..12]).ok().and_then(|s| s.parse::<u16>().ok()) {
         Some(s) => s,
         None => return Parse::Invalid("bad status code"),
     };
@@ -55,10 +51,7 @@ pub fn parse_response(buf: &[u8]) -> Parse {
         };
         let (name, value) = (&line[..colon], &line[colon + 1..]);
         if name.eq_ignore_ascii_case(b"content-length") {
-            let value = std::str::from_utf8(value)
-                .ok()
-                .map(str::trim)
-                .and_then(|v| v.parse::<usize>().ok());
+            let value = std::str::from_utf8(value).ok().map(str::trim).and_then(|v| v.parse::<usize>().ok());
             match value {
                 Some(v) => content_length = Some(v),
                 None => return Parse::Invalid("bad content-length"),
@@ -75,10 +68,7 @@ pub fn parse_response(buf: &[u8]) -> Parse {
     if buf.len() < head_len + body {
         return Parse::Incomplete;
     }
-    Parse::Complete {
-        len: head_len + body,
-        status,
-    }
+    Parse::Complete { len: head_len + body, status }
 }
 
 /// True when a request header block asks for the connection to be closed after the response.
@@ -88,9 +78,7 @@ pub fn wants_close(head: &[u8]) -> bool {
         match line.iter().position(|&b| b == b':') {
             Some(colon) => {
                 line[..colon].eq_ignore_ascii_case(b"connection")
-                    && line[colon + 1..]
-                        .trim_ascii()
-                        .eq_ignore_ascii_case(b"close")
+                    && line[colon + 1..].trim_ascii().eq_ignore_ascii_case(b"close")
             }
             None => false,
         }
@@ -101,28 +89,17 @@ pub fn wants_close(head: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    const OK: &[u8] =
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\ncontent-length: 2\r\n\r\na\n";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\ncontent-length: 2\r\n\r\na\n";
 
     #[test]
     fn complete_response_reports_its_length_and_status() {
-        assert_eq!(
-            parse_response(OK),
-            Parse::Complete {
-                len: OK.len(),
-                status: 200
-            }
-        );
+        assert_eq!(parse_response(OK), Parse::Complete { len: OK.len(), status: 200 });
     }
 
     #[test]
     fn every_strict_prefix_is_incomplete() {
         for n in 0..OK.len() {
-            assert_eq!(
-                parse_response(&OK[..n]),
-                Parse::Incomplete,
-                "prefix of {n} bytes"
-            );
+            assert_eq!(parse_response(&OK[..n]), Parse::Incomplete, "prefix of {n} bytes");
         }
     }
 
@@ -130,25 +107,13 @@ mod tests {
     fn trailing_bytes_are_not_part_of_the_response() {
         let mut two = OK.to_vec();
         two.extend_from_slice(OK);
-        assert_eq!(
-            parse_response(&two),
-            Parse::Complete {
-                len: OK.len(),
-                status: 200
-            }
-        );
+        assert_eq!(parse_response(&two), Parse::Complete { len: OK.len(), status: 200 });
     }
 
     #[test]
     fn error_status_is_reported() {
         let r = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
-        assert_eq!(
-            parse_response(r),
-            Parse::Complete {
-                len: r.len(),
-                status: 503
-            }
-        );
+        assert_eq!(parse_response(r), Parse::Complete { len: r.len(), status: 503 });
     }
 
     #[test]
@@ -157,19 +122,13 @@ mod tests {
         assert!(matches!(parse_response(chunked), Parse::Invalid(_)));
         let lengthless = b"HTTP/1.1 200 OK\r\n\r\n";
         assert!(matches!(parse_response(lengthless), Parse::Invalid(_)));
-        assert!(matches!(
-            parse_response(b"SSH-2.0\r\n\r\n"),
-            Parse::Invalid(_)
-        ));
+        assert!(matches!(parse_response(b"SSH-2.0\r\n\r\n"), Parse::Invalid(_)));
     }
 
     #[test]
     fn request_carries_connection_close_only_when_asked() {
         assert!(wants_close(&request("/", true)));
         assert!(!wants_close(&request("/", false)));
-        assert_eq!(
-            header_end(&request("/", false)),
-            Some(request("/", false).len())
-        );
+        assert_eq!(header_end(&request("/", false)), Some(request("/", false).len()));
     }
 }

@@ -53,10 +53,7 @@ pub enum BenchError {
 }
 
 #[derive(Parser)]
-#[command(
-    name = "ringlb-bench",
-    about = "Load generator and backends for benchmarking TCP proxies"
-)]
+#[command(name = "ringlb-bench", about = "Load generator and backends for benchmarking TCP proxies")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -226,10 +223,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         (s, 1.0)
     };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("not a duration: {s:?} (try 500ms, 5s, 2m)"))?;
+    let v: f64 = num.trim().parse().map_err(|_| format!("not a duration: {s:?} (try 500ms, 5s, 2m)"))?;
     if !(0.0..=86_400.0).contains(&(v * scale)) {
         return Err(format!("duration out of range: {s:?}"));
     }
@@ -256,81 +250,30 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> Result<(), BenchError> {
     match command {
-        Command::Rr {
-            common,
-            conns,
-            rate,
-        } => {
-            let schedule = if rate > 0.0 {
-                Schedule::Open(rate)
-            } else {
-                Schedule::Closed
-            };
+        Command::Rr { common, conns, rate } => {
+            let schedule = if rate > 0.0 { Schedule::Open(rate) } else { Schedule::Closed };
             engine_workload("rr", &common, ConnMode::KeepAlive, conns, schedule, |w| w)
         }
-        Command::Conn {
-            common,
-            conns,
-            rate,
-        } => {
-            let schedule = if rate > 0.0 {
-                Schedule::Open(rate)
-            } else {
-                Schedule::Closed
-            };
-            engine_workload(
-                "conn",
-                &common,
-                ConnMode::PerRequest,
-                conns,
-                schedule,
-                |w| w,
-            )
+        Command::Conn { common, conns, rate } => {
+            let schedule = if rate > 0.0 { Schedule::Open(rate) } else { Schedule::Closed };
+            engine_workload("conn", &common, ConnMode::PerRequest, conns, schedule, |w| w)
         }
-        Command::Hold {
-            common,
-            conns,
-            rate,
-            active,
-            ramp_concurrency,
-            ramp_limit,
-            no_probe,
-        } => {
+        Command::Hold { common, conns, rate, active, ramp_concurrency, ramp_limit, no_probe } => {
             if !(0.0..=1.0).contains(&active) {
                 return Err(BenchError::Usage("--active must be between 0 and 1".into()));
             }
-            let schedule = if rate > 0.0 {
-                Schedule::Open(rate)
-            } else {
-                Schedule::Idle
-            };
-            engine_workload(
-                "hold",
-                &common,
-                ConnMode::KeepAlive,
-                conns,
-                schedule,
-                |mut w| {
-                    w.active_fraction = active;
-                    w.ramp_concurrency = ramp_concurrency;
-                    w.ramp_limit_ns = ramp_limit.as_nanos() as u64;
-                    w.probe = !no_probe;
-                    w.hold = true;
-                    w
-                },
-            )
+            let schedule = if rate > 0.0 { Schedule::Open(rate) } else { Schedule::Idle };
+            engine_workload("hold", &common, ConnMode::KeepAlive, conns, schedule, |mut w| {
+                w.active_fraction = active;
+                w.ramp_concurrency = ramp_concurrency;
+                w.ramp_limit_ns = ramp_limit.as_nanos() as u64;
+                w.probe = !no_probe;
+                w.hold = true;
+                w
+            })
         }
-        Command::Bulk {
-            common,
-            streams,
-            direction,
-        } => bulk_workload(&common, streams, direction),
-        Command::HttpBackend {
-            bind,
-            name,
-            reuseport,
-            delay,
-        } => serve::http_backend(bind, &name, reuseport, delay),
+        Command::Bulk { common, streams, direction } => bulk_workload(&common, streams, direction),
+        Command::HttpBackend { bind, name, reuseport, delay } => serve::http_backend(bind, &name, reuseport, delay),
         Command::Sink { bind, reuseport } => serve::sink(bind, reuseport),
         Command::FreePorts { n } => free_ports(n),
         Command::WaitPort { addr, timeout } => wait_port(addr, timeout),
@@ -353,14 +296,8 @@ fn engine_workload(
     if conns == 0 {
         return Err(BenchError::Usage("--conns must be at least 1".into()));
     }
-    let split = Split::new(
-        conns,
-        common.procs,
-        common.threads,
-        sources(common),
-        common.sources,
-        common.targets.clone(),
-    );
+    let split =
+        Split::new(conns, common.procs, common.threads, sources(common), common.sources, common.targets.clone());
     let w = adjust(Workload {
         mode: conn_mode,
         split,
@@ -374,15 +311,10 @@ fn engine_workload(
         max_requests: common.max_requests,
         timeout_ns: common.timeout.as_nanos() as u64,
         drain_ns: common.timeout.min(Duration::from_secs(2)).as_nanos() as u64,
-        request: Arc::from(http::request(
-            &common.path,
-            conn_mode == ConnMode::PerRequest,
-        )),
+        request: Arc::from(http::request(&common.path, conn_mode == ConnMode::PerRequest)),
     });
     if let Some(i) = common.worker {
-        let parent = common
-            .parent
-            .ok_or_else(|| BenchError::Usage("--worker needs --parent".into()))?;
+        let parent = common.parent.ok_or_else(|| BenchError::Usage("--worker needs --parent".into()))?;
         return run::worker(&w, i, parent);
     }
     let watch = Watch {
@@ -412,14 +344,7 @@ fn engine_workload(
 
 fn bulk_workload(common: &Common, streams: usize, direction: Direction) -> Result<(), BenchError> {
     let upload = matches!(direction, Direction::Up);
-    let split = Split::new(
-        streams,
-        1,
-        1,
-        sources(common),
-        common.sources,
-        common.targets.clone(),
-    );
+    let split = Split::new(streams, 1, 1, sources(common), common.sources, common.targets.clone());
     let b = bulk::Bulk {
         streams,
         upload,
@@ -460,15 +385,10 @@ fn emit(mut r: RunResult, common: &Common) -> Result<(), BenchError> {
 fn free_ports(n: usize) -> Result<(), BenchError> {
     // Hold every listener until all are chosen so that the ports are distinct.
     let listeners = (0..n)
-        .map(|_| {
-            TcpListener::bind(("127.0.0.1", 0)).map_err(|e| BenchError::Sys("bind 127.0.0.1:0", e))
-        })
+        .map(|_| TcpListener::bind(("127.0.0.1", 0)).map_err(|e| BenchError::Sys("bind 127.0.0.1:0", e)))
         .collect::<Result<Vec<_>, _>>()?;
     for l in &listeners {
-        let port = l
-            .local_addr()
-            .map_err(|e| BenchError::Sys("getsockname", e))?
-            .port();
+        let port = l.local_addr().map_err(|e| BenchError::Sys("getsockname", e))?.port();
         println!("{port}");
     }
     Ok(())
@@ -480,9 +400,7 @@ fn wait_port(addr: SocketAddr, timeout: Duration) -> Result<(), BenchError> {
         match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
             Ok(_) => return Ok(()),
             Err(e) if start.elapsed() >= timeout => {
-                return Err(BenchError::Worker(format!(
-                    "{addr} not accepting after {timeout:?}: {e}"
-                )));
+                return Err(BenchError::Worker(format!("{addr} not accepting after {timeout:?}: {e}")));
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }

@@ -39,31 +39,15 @@ impl Split {
         sources: usize,
         targets: Vec<SocketAddr>,
     ) -> Self {
-        let procs = if procs == 0 {
-            conns.div_ceil(MAX_CONNS_PER_PROC).max(1)
-        } else {
-            procs
-        };
+        let procs = if procs == 0 { conns.div_ceil(MAX_CONNS_PER_PROC).max(1) } else { procs };
         let sources = match source_base {
             None => Vec::new(),
             Some(base) => {
-                let n = if sources == 0 {
-                    conns.div_ceil(MAX_CONNS_PER_SOURCE).max(1)
-                } else {
-                    sources
-                };
-                (0..n as u32)
-                    .map(|i| Ipv4Addr::from(u32::from(base).wrapping_add(i)))
-                    .collect()
+                let n = if sources == 0 { conns.div_ceil(MAX_CONNS_PER_SOURCE).max(1) } else { sources };
+                (0..n as u32).map(|i| Ipv4Addr::from(u32::from(base).wrapping_add(i))).collect()
             }
         };
-        Self {
-            conns,
-            procs,
-            threads: threads.max(1),
-            sources,
-            targets,
-        }
+        Self { conns, procs, threads: threads.max(1), sources, targets }
     }
 
     /// Global slot numbers owned by `thread` of process `proc`. Ranges are contiguous, disjoint
@@ -117,18 +101,8 @@ mod tests {
     use super::*;
 
     fn split(conns: usize, procs: usize, threads: usize) -> Split {
-        let targets = vec![
-            SocketAddr::from(([127, 0, 0, 1], 80)),
-            SocketAddr::from(([127, 0, 0, 1], 81)),
-        ];
-        Split::new(
-            conns,
-            procs,
-            threads,
-            Some(Ipv4Addr::new(127, 0, 0, 2)),
-            0,
-            targets,
-        )
+        let targets = vec![SocketAddr::from(([127, 0, 0, 1], 80)), SocketAddr::from(([127, 0, 0, 1], 81))];
+        Split::new(conns, procs, threads, Some(Ipv4Addr::new(127, 0, 0, 2)), 0, targets)
     }
 
     #[test]

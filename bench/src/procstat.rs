@@ -53,21 +53,12 @@ fn parse_stat(line: &str) -> Option<Stat> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // f[0] is field 3 (state) of proc(5).
     let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
-    Some(Stat {
-        ppid: field(4)? as u32,
-        ticks: field(14)? + field(15)?,
-        threads: field(20)?,
-    })
+    Some(Stat { ppid: field(4)? as u32, ticks: field(14)? + field(15)?, threads: field(20)? })
 }
 
 fn read_stat(pid: u32) -> io::Result<Stat> {
     let line = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_stat(&line).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unreadable /proc/{pid}/stat"),
-        )
-    })
+    parse_stat(&line).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unreadable /proc/{pid}/stat")))
 }
 
 /// `pid` and all its live descendants.
@@ -75,11 +66,7 @@ pub fn tree(pid: u32) -> io::Result<Vec<u32>> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     for entry in fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
-        let Some(p) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(p) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         // Processes exit while we scan; a vanished one is simply not part of the tree.
@@ -162,13 +149,8 @@ pub fn kernel_memory() -> io::Result<KernelMemory> {
     let meminfo = fs::read_to_string("/proc/meminfo")?;
     let slab_kib = kib_field(&meminfo, "Slab:")
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Slab in /proc/meminfo"))?;
-    let socket_slab_b = fs::read_to_string("/proc/slabinfo")
-        .ok()
-        .map(|t| socket_slab(&t));
-    Ok(KernelMemory {
-        slab_kib,
-        socket_slab_b,
-    })
+    let socket_slab_b = fs::read_to_string("/proc/slabinfo").ok().map(|t| socket_slab(&t));
+    Ok(KernelMemory { slab_kib, socket_slab_b })
 }
 
 /// Sums `active_objs * objsize` of the socket caches in a /proc/slabinfo text.
@@ -203,10 +185,8 @@ pub struct TargetWatch {
 
 impl TargetWatch {
     pub fn start(pids: &[u32]) -> Result<Self, BenchError> {
-        let start = pids
-            .iter()
-            .map(|&p| sample(p).map_err(|e| BenchError::Target(p, e)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let start =
+            pids.iter().map(|&p| sample(p).map_err(|e| BenchError::Target(p, e))).collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             pids: pids.to_vec(),
             peak_threads: start.iter().map(|s| s.threads).collect(),
@@ -275,20 +255,14 @@ mod tests {
         });
         let _ = burner.join();
         let after = sample(std::process::id()).unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            after.cpu_s - before.cpu_s >= 0.05,
-            "{before:?} -> {after:?}"
-        );
+        assert!(after.cpu_s - before.cpu_s >= 0.05, "{before:?} -> {after:?}");
         assert!(after.rss_kib > 0);
         assert_eq!(after.io_workers, 0);
     }
 
     #[test]
     fn children_belong_to_the_tree() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap_or_else(|e| panic!("{e}"));
         let members = tree(std::process::id()).unwrap_or_else(|e| panic!("{e}"));
         let _ = child.kill();
         let _ = child.wait();

@@ -26,8 +26,7 @@ const MAX_HEAD: usize = 16 * 1024;
 
 fn listener(bind: SocketAddr, reuseport: bool) -> Result<std::net::TcpListener, BenchError> {
     let io = |e| BenchError::Bind(bind, e);
-    let sock =
-        Socket::new(Domain::for_address(bind), Type::STREAM, Some(Protocol::TCP)).map_err(io)?;
+    let sock = Socket::new(Domain::for_address(bind), Type::STREAM, Some(Protocol::TCP)).map_err(io)?;
     sock.set_reuse_address(true).map_err(io)?;
     if reuseport {
         sock.set_reuse_port(true).map_err(io)?;
@@ -39,10 +38,7 @@ fn listener(bind: SocketAddr, reuseport: bool) -> Result<std::net::TcpListener, 
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, BenchError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| BenchError::Sys("tokio runtime", e))
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| BenchError::Sys("tokio runtime", e))
 }
 
 /// Accepts forever, handing each connection to `handle`.
@@ -76,19 +72,11 @@ fn bound(l: &std::net::TcpListener, asked: SocketAddr) -> SocketAddr {
 
 /// `http-backend`: answers every request with 200 and `name\n`, after `delay` if not zero (a
 /// slow backend, to check that open-loop latency counts the time requests wait).
-pub fn http_backend(
-    bind: SocketAddr,
-    name: &str,
-    reuseport: bool,
-    delay: Duration,
-) -> Result<(), BenchError> {
+pub fn http_backend(bind: SocketAddr, name: &str, reuseport: bool, delay: Duration) -> Result<(), BenchError> {
     let std_listener = listener(bind, reuseport)?;
     let addr = bound(&std_listener, bind);
     let body = format!("{name}\n");
-    let keep = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let keep = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
     let close = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -97,13 +85,9 @@ pub fn http_backend(
     let rt = runtime()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let listener =
-            TcpListener::from_std(std_listener).map_err(|e| BenchError::Bind(bind, e))?;
+        let listener = TcpListener::from_std(std_listener).map_err(|e| BenchError::Bind(bind, e))?;
         eprintln!("ringlb-bench: http backend {name} listening on {addr}");
-        accept_loop(listener, move |s| {
-            serve_http(s, Rc::clone(&keep), Rc::clone(&close), delay)
-        })
-        .await;
+        accept_loop(listener, move |s| serve_http(s, Rc::clone(&keep), Rc::clone(&close), delay)).await;
         Ok(())
     })
 }
@@ -152,8 +136,7 @@ pub fn sink(bind: SocketAddr, reuseport: bool) -> Result<(), BenchError> {
     let rt = runtime()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let listener =
-            TcpListener::from_std(std_listener).map_err(|e| BenchError::Bind(bind, e))?;
+        let listener = TcpListener::from_std(std_listener).map_err(|e| BenchError::Bind(bind, e))?;
         eprintln!("ringlb-bench: sink listening on {addr}");
         accept_loop(listener, serve_sink).await;
         Ok(())

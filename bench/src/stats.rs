@@ -28,19 +28,14 @@ pub fn record(h: &mut Hist, ns: u64) {
 
 pub fn encode(h: &Hist) -> Result<String, BenchError> {
     let mut bytes = Vec::new();
-    V2Serializer::new()
-        .serialize(h, &mut bytes)
-        .map_err(|e| BenchError::Histogram(format!("{e:?}")))?;
+    V2Serializer::new().serialize(h, &mut bytes).map_err(|e| BenchError::Histogram(format!("{e:?}")))?;
     Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 pub fn decode(s: &str) -> Result<Hist, BenchError> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .map_err(|e| BenchError::Histogram(e.to_string()))?;
-    Deserializer::new()
-        .deserialize(&mut bytes.as_slice())
-        .map_err(|e| BenchError::Histogram(format!("{e:?}")))
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| BenchError::Histogram(e.to_string()))?;
+    Deserializer::new().deserialize(&mut bytes.as_slice()).map_err(|e| BenchError::Histogram(format!("{e:?}")))
 }
 
 /// Percentiles of a histogram in microseconds.
@@ -215,12 +210,8 @@ impl Tally {
 
     /// Adds `other` into `self`; the ramp of the whole is the slowest part's ramp.
     pub fn merge(&mut self, other: &Tally) -> Result<(), BenchError> {
-        self.hist
-            .add(&other.hist)
-            .map_err(|e| BenchError::Histogram(format!("{e:?}")))?;
-        self.lag
-            .add(&other.lag)
-            .map_err(|e| BenchError::Histogram(format!("{e:?}")))?;
+        self.hist.add(&other.hist).map_err(|e| BenchError::Histogram(format!("{e:?}")))?;
+        self.lag.add(&other.lag).map_err(|e| BenchError::Histogram(format!("{e:?}")))?;
         self.ok += other.ok;
         for (k, v) in &other.errors {
             *self.errors.entry(k.clone()).or_insert(0) += v;
@@ -309,9 +300,7 @@ mod tests {
         b.ramp_ns = 9;
         b.error("timeout");
         b.error("connect");
-        let b = WorkerTally::from_tally(&b)
-            .and_then(WorkerTally::into_tally)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let b = WorkerTally::from_tally(&b).and_then(WorkerTally::into_tally).unwrap_or_else(|e| panic!("{e}"));
         a.merge(&b).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((a.ok, a.ramp_ns, a.error_count()), (2, 9, 3));
         assert_eq!(a.errors.get("timeout"), Some(&2));

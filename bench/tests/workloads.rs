@@ -35,17 +35,9 @@ fn server(args: &[&str]) -> Server {
     let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
     let mut line = String::new();
     let _ = BufReader::new(stderr).read_line(&mut line);
-    let addr = line
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let addr = line.rsplit(' ').next().unwrap_or_default().trim().to_string();
     let server = Server { child, addr };
-    assert!(
-        server.addr.starts_with("127.0.0.1:"),
-        "unexpected start-up line {line:?}"
-    );
+    assert!(server.addr.starts_with("127.0.0.1:"), "unexpected start-up line {line:?}");
     server
 }
 
@@ -69,25 +61,14 @@ fn num(v: &Value, path: &[&str]) -> f64 {
     for p in path {
         cur = &cur[p];
     }
-    cur.as_f64()
-        .unwrap_or_else(|| panic!("no number at {path:?} in {v}"))
+    cur.as_f64().unwrap_or_else(|| panic!("no number at {path:?} in {v}"))
 }
 
 #[test]
 fn closed_loop_rr_answers_every_request_on_both_targets() {
     let a = server(&["http-backend", "--name", "a"]);
     let b = server(&["http-backend", "--name", "b"]);
-    let (r, ok) = bench(&[
-        "rr",
-        "--target",
-        &a.addr,
-        "--target",
-        &b.addr,
-        "--conns",
-        "8",
-        "--duration",
-        "500ms",
-    ]);
+    let (r, ok) = bench(&["rr", "--target", &a.addr, "--target", &b.addr, "--conns", "8", "--duration", "500ms"]);
     assert!(ok, "{r}");
     assert!(num(&r, &["ok"]) > 100.0, "{r}");
     assert_eq!(num(&r, &["errors"]), 0.0, "{r}");
@@ -100,19 +81,8 @@ fn open_loop_latency_counts_the_time_requests_wait_for_a_slow_backend() {
     // One connection, a request due every 5 ms, each answer taking 20 ms: requests queue up, and
     // their latency from the due time grows far beyond the 20 ms a closed loop would report.
     let slow = server(&["http-backend", "--name", "slow", "--delay", "20ms"]);
-    let (r, ok) = bench(&[
-        "rr",
-        "--target",
-        &slow.addr,
-        "--conns",
-        "1",
-        "--threads",
-        "1",
-        "--rate",
-        "200",
-        "--duration",
-        "1s",
-    ]);
+    let (r, ok) =
+        bench(&["rr", "--target", &slow.addr, "--conns", "1", "--threads", "1", "--rate", "200", "--duration", "1s"]);
     assert!(ok, "{r}");
     assert!(num(&r, &["latency", "max_us"]) > 200_000.0, "{r}");
     assert!(num(&r, &["latency", "p50_us"]) > 100_000.0, "{r}");
@@ -123,17 +93,7 @@ fn open_loop_latency_counts_the_time_requests_wait_for_a_slow_backend() {
 #[test]
 fn open_loop_rate_is_kept_when_the_target_keeps_up() {
     let a = server(&["http-backend", "--name", "a"]);
-    let (r, ok) = bench(&[
-        "rr",
-        "--target",
-        &a.addr,
-        "--conns",
-        "4",
-        "--rate",
-        "1000",
-        "--duration",
-        "1s",
-    ]);
+    let (r, ok) = bench(&["rr", "--target", &a.addr, "--conns", "4", "--rate", "1000", "--duration", "1s"]);
     assert!(ok, "{r}");
     let n = num(&r, &["ok"]);
     assert!((950.0..=1050.0).contains(&n), "{r}");
@@ -142,15 +102,7 @@ fn open_loop_rate_is_kept_when_the_target_keeps_up() {
 #[test]
 fn conn_opens_a_connection_per_request() {
     let a = server(&["http-backend", "--name", "a"]);
-    let (r, ok) = bench(&[
-        "conn",
-        "--target",
-        &a.addr,
-        "--conns",
-        "4",
-        "--duration",
-        "500ms",
-    ]);
+    let (r, ok) = bench(&["conn", "--target", &a.addr, "--conns", "4", "--duration", "500ms"]);
     assert!(ok, "{r}");
     assert!(num(&r, &["ok"]) > 50.0, "{r}");
     assert_eq!(num(&r, &["errors"]), 0.0, "{r}");
@@ -188,19 +140,8 @@ fn hold_split_over_two_processes_merges_their_results() {
 fn hold_reports_the_memory_of_the_target_process() {
     let a = server(&["http-backend", "--name", "a"]);
     let pid = a.child.id().to_string();
-    let (r, ok) = bench(&[
-        "hold",
-        "--target",
-        &a.addr,
-        "--conns",
-        "500",
-        "--rate",
-        "0",
-        "--duration",
-        "200ms",
-        "--pid",
-        &pid,
-    ]);
+    let (r, ok) =
+        bench(&["hold", "--target", &a.addr, "--conns", "500", "--rate", "0", "--duration", "200ms", "--pid", &pid]);
     assert!(ok, "{r}");
     assert_eq!(num(&r, &["hold", "served"]), 500.0, "{r}");
     assert!(num(&r, &["hold", "rss_held_kib"]) > 0.0, "{r}");
@@ -212,22 +153,9 @@ fn hold_reports_the_memory_of_the_target_process() {
 #[test]
 fn refused_connections_are_counted_not_fatal() {
     // A port that was free a moment ago, with nothing listening on it.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(1);
+    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(1);
     let target = format!("127.0.0.1:{port}");
-    let (r, ok) = bench(&[
-        "rr",
-        "--target",
-        &target,
-        "--conns",
-        "2",
-        "--duration",
-        "300ms",
-        "--timeout",
-        "1s",
-    ]);
+    let (r, ok) = bench(&["rr", "--target", &target, "--conns", "2", "--duration", "300ms", "--timeout", "1s"]);
     assert!(ok, "{r}");
     assert_eq!(num(&r, &["ok"]), 0.0, "{r}");
     assert!(num(&r, &["error_kinds", "connection refused"]) > 0.0, "{r}");
@@ -237,17 +165,8 @@ fn refused_connections_are_counted_not_fatal() {
 fn bulk_moves_bytes_both_ways() {
     let sink = server(&["sink"]);
     for direction in ["up", "down"] {
-        let (r, ok) = bench(&[
-            "bulk",
-            "--target",
-            &sink.addr,
-            "--streams",
-            "2",
-            "--direction",
-            direction,
-            "--duration",
-            "300ms",
-        ]);
+        let (r, ok) =
+            bench(&["bulk", "--target", &sink.addr, "--streams", "2", "--direction", direction, "--duration", "300ms"]);
         assert!(ok, "{r}");
         assert!(num(&r, &["bulk", "bytes"]) > 1e6, "{direction}: {r}");
         assert_eq!(num(&r, &["errors"]), 0.0, "{direction}: {r}");

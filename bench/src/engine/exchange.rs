@@ -110,11 +110,7 @@ impl Engine<'_> {
             let Some(sock) = s.sock.as_ref() else { return };
             let n = match std::io::Read::read(&mut &*sock, &mut self.scratch) {
                 Ok(0) => {
-                    let kind = if s.state == State::Ready {
-                        "closed by peer"
-                    } else {
-                        "eof before response"
-                    };
+                    let kind = if s.state == State::Ready { "closed by peer" } else { "eof before response" };
                     return self.fail(i, kind, now);
                 }
                 Ok(n) => n,
@@ -140,9 +136,7 @@ impl Engine<'_> {
             match parsed {
                 (Parse::Incomplete, _) => continue,
                 (Parse::Invalid(why), _) => return self.fail(i, why, now),
-                (Parse::Complete { len, .. }, have) if len != have => {
-                    return self.fail(i, "data after response", now)
-                }
+                (Parse::Complete { len, .. }, have) if len != have => return self.fail(i, "data after response", now),
                 (Parse::Complete { status, .. }, _) if status != 200 => {
                     return self.fail(i, slot::status_kind(status), now);
                 }

@@ -166,11 +166,7 @@ impl<'a> Engine<'a> {
             ctl,
             me,
             epoll: sys::Epoll::new().map_err(|e| BenchError::Sys("epoll_create1", e))?,
-            slots: plan
-                .slots
-                .iter()
-                .map(|&(src, dst)| Slot::new(src, dst))
-                .collect(),
+            slots: plan.slots.iter().map(|&(src, dst)| Slot::new(src, dst)).collect(),
             scratch: vec![0; SCRATCH],
             tally: Tally::default(),
             phase: Phase::Ramp,
@@ -197,10 +193,8 @@ impl<'a> Engine<'a> {
         self.next_scan = now + SCAN_NS;
         self.start_ramp(now);
         while self.phase != Phase::Done {
-            let n = self
-                .epoll
-                .wait(&mut events, Some(self.deadline()))
-                .map_err(|e| BenchError::Sys("epoll_pwait2", e))?;
+            let n =
+                self.epoll.wait(&mut events, Some(self.deadline())).map_err(|e| BenchError::Sys("epoll_pwait2", e))?;
             for ev in &events[..n] {
                 let (idx, gen) = ((ev.u64 & 0xffff_ffff) as usize, (ev.u64 >> 32) as u32);
                 let flags = ev.events;
@@ -221,11 +215,7 @@ impl<'a> Engine<'a> {
             Phase::Wait => {
                 // Wake exactly at the start once it is known, so the first requests leave on time.
                 let at = self.ctl.steady_at.load(Ordering::Acquire);
-                d = d.min(if at != 0 {
-                    at
-                } else {
-                    sys::monotonic_ns() + WAIT_POLL_NS
-                });
+                d = d.min(if at != 0 { at } else { sys::monotonic_ns() + WAIT_POLL_NS });
             }
             Phase::Steady => {
                 d = d.min(self.end);
@@ -262,13 +252,12 @@ impl<'a> Engine<'a> {
             }
             Phase::Steady => {
                 if let Schedule::Open(_) = self.plan.schedule {
-                    while self.next_tick <= now && self.next_tick < self.end && self.within_budget()
-                    {
+                    while self.next_tick <= now && self.next_tick < self.end && self.within_budget() {
                         let due = self.next_tick;
                         self.dispatch(due, now);
                         self.tick += 1;
-                        self.next_tick = self.steady_at
-                            + ((self.tick as f64 + self.plan.phase) * self.interval_ns) as u64;
+                        self.next_tick =
+                            self.steady_at + ((self.tick as f64 + self.plan.phase) * self.interval_ns) as u64;
                     }
                 }
                 if now >= self.end || !self.within_budget() {
@@ -301,9 +290,7 @@ impl<'a> Engine<'a> {
                 State::Idle if s.retry_at != 0 && now >= s.retry_at => {
                     self.slots[i].retry_at = 0;
                     match self.plan.mode {
-                        ConnMode::KeepAlive if self.phase != Phase::Ramp => {
-                            self.open(i, false, now)
-                        }
+                        ConnMode::KeepAlive if self.phase != Phase::Ramp => self.open(i, false, now),
                         ConnMode::PerRequest => self.slot_free(i, now),
                         ConnMode::KeepAlive => self.slots[i].retry_at = now + RETRY_NS,
                     }
@@ -396,11 +383,7 @@ impl<'a> Engine<'a> {
         match self.plan.schedule {
             Schedule::Idle => {}
             Schedule::Open(rate) => {
-                self.interval_ns = if rate > 0.0 {
-                    1e9 / rate
-                } else {
-                    f64::INFINITY
-                };
+                self.interval_ns = if rate > 0.0 { 1e9 / rate } else { f64::INFINITY };
                 self.next_tick = at + (self.plan.phase * self.interval_ns) as u64;
             }
             Schedule::Closed => match self.plan.mode {
@@ -456,9 +439,7 @@ impl<'a> Engine<'a> {
                 }
                 let i = (self.tick % active as u64) as usize;
                 match self.slots[i].state {
-                    State::Ready if self.slots[i].pending.is_empty() => {
-                        self.send(i, due, now, true)
-                    }
+                    State::Ready if self.slots[i].pending.is_empty() => self.send(i, due, now, true),
                     State::Dead => {
                         self.issued += 1;
                         self.tally.error("connection lost");

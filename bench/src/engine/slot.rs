@@ -67,10 +67,7 @@ impl Slot {
 
     /// A connect or a request is in flight.
     pub fn busy(&self) -> bool {
-        matches!(
-            self.state,
-            State::Connecting | State::Writing | State::Reading
-        )
+        matches!(self.state, State::Connecting | State::Writing | State::Reading)
     }
 
     /// Closes the socket (which also removes it from the epoll set) and forgets partial data.

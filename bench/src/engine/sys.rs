@@ -13,10 +13,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 /// Nanoseconds on CLOCK_MONOTONIC: one clock shared by every thread and process on the host,
 /// so a parent can hand its children a common start time.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -31,10 +28,7 @@ pub fn tighten_timer_slack() {
 
 /// Raises this process's descriptor limit to its hard limit (hosts often set a low soft limit).
 pub fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `lim` is a valid, writable rlimit; setrlimit only reads it.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
@@ -50,13 +44,7 @@ pub fn raise_nofile() {
 pub fn die_with_parent(parent: u32) -> bool {
     // SAFETY: PR_SET_PDEATHSIG takes one signal number; getppid has no preconditions.
     unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
         libc::getppid() as u32 == parent
     }
 }
@@ -73,9 +61,7 @@ impl Epoll {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
     /// Registers `fd` edge-triggered for reads, writes and errors under `token`. The engine
@@ -94,11 +80,7 @@ impl Epoll {
     }
 
     /// Waits for events until `deadline_ns` (monotonic) at the latest; `None` waits forever.
-    pub fn wait(
-        &self,
-        events: &mut [libc::epoll_event],
-        deadline_ns: Option<u64>,
-    ) -> io::Result<usize> {
+    pub fn wait(&self, events: &mut [libc::epoll_event], deadline_ns: Option<u64>) -> io::Result<usize> {
         let timeout = deadline_ns.map(|d| {
             let left = d.saturating_sub(monotonic_ns());
             libc::timespec {
@@ -106,9 +88,7 @@ impl Epoll {
                 tv_nsec: (left % 1_000_000_000) as libc::c_long,
             }
         });
-        let tp = timeout
-            .as_ref()
-            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        let tp = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
         // SAFETY: `events` is a writable buffer of the length passed; `tp` is null or valid.
         let n = unsafe {
             libc::epoll_pwait2(
@@ -135,11 +115,7 @@ impl Epoll {
 /// connecting to `dst`. Returns the socket and whether it is already connected.
 pub fn connect(src: Option<Ipv4Addr>, dst: SocketAddr) -> io::Result<(Socket, bool)> {
     let domain = Domain::for_address(dst);
-    let sock = Socket::new(
-        domain,
-        Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )?;
+    let sock = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
     sock.set_nodelay(true)?;
     if let (Some(src), SocketAddr::V4(_)) = (src, dst) {
         let one: libc::c_int = 1;

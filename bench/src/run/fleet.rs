@@ -96,9 +96,7 @@ impl Local {
     pub fn join(self) -> Result<Tally, BenchError> {
         let mut total = Tally::default();
         for h in self.handles {
-            let t = h
-                .join()
-                .map_err(|_| BenchError::Worker("an engine thread panicked".into()))??;
+            let t = h.join().map_err(|_| BenchError::Worker("an engine thread panicked".into()))??;
             total.merge(&t)?;
         }
         Ok(total)
@@ -148,22 +146,15 @@ impl Kids {
                 let Some(stdout) = stdout else { return };
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
-                    let msg = serde_json::from_str::<ChildMsg>(&line).unwrap_or_else(|e| {
-                        ChildMsg::Failed(format!("bad message from worker {i}: {e}"))
-                    });
+                    let msg = serde_json::from_str::<ChildMsg>(&line)
+                        .unwrap_or_else(|e| ChildMsg::Failed(format!("bad message from worker {i}: {e}")));
                     if tx.send((i, msg)).is_err() {
                         return;
                     }
                 }
                 let _ = tx.send((i, ChildMsg::Failed(format!("worker {i} exited early"))));
             });
-            kids.push(Kid {
-                child,
-                stdin,
-                progress: Counters::default(),
-                ramped: false,
-                done: None,
-            });
+            kids.push(Kid { child, stdin, progress: Counters::default(), ramped: false, done: None });
         }
         Ok(Self { kids, rx })
     }

@@ -61,11 +61,8 @@ impl Workload {
                     Schedule::Open(total) => Schedule::Open(share(total)),
                     other => other,
                 };
-                let max_requests = if self.max_requests == 0 {
-                    0
-                } else {
-                    share(self.max_requests as f64).ceil() as u64
-                };
+                let max_requests =
+                    if self.max_requests == 0 { 0 } else { share(self.max_requests as f64).ceil() as u64 };
                 ThreadPlan {
                     mode: self.mode,
                     slots: range.clone().map(|g| (s.source(g), s.target(g))).collect(),
@@ -118,11 +115,8 @@ pub fn drive(w: &Workload, watch: &Watch) -> Result<RunResult, BenchError> {
     } else {
         None
     };
-    let mut fleet = if w.split.procs > 1 {
-        Fleet::Kids(Kids::start(w.split.procs)?)
-    } else {
-        Fleet::Local(Local::start(w, 0)?)
-    };
+    let mut fleet =
+        if w.split.procs > 1 { Fleet::Kids(Kids::start(w.split.procs)?) } else { Fleet::Local(Local::start(w, 0)?) };
     let result = watch_fleet(&mut fleet, w, watch, t0, baseline.as_ref());
     if result.is_err() {
         fleet.abort();
@@ -136,9 +130,7 @@ pub fn drive(w: &Workload, watch: &Watch) -> Result<RunResult, BenchError> {
 
 fn first_sample(pids: &[u32]) -> Result<Option<procstat::Sample>, BenchError> {
     match pids.first() {
-        Some(&p) => Ok(Some(
-            procstat::sample(p).map_err(|e| BenchError::Target(p, e))?,
-        )),
+        Some(&p) => Ok(Some(procstat::sample(p).map_err(|e| BenchError::Target(p, e))?)),
         None => Ok(None),
     }
 }
@@ -152,10 +144,7 @@ fn held_memory(baseline: &Baseline, pids: &[u32], served: u64) -> Result<HoldSta
     Ok(HoldStats {
         slab_before_kib: before.slab_kib,
         slab_held_kib: kernel.slab_kib,
-        slab_per_conn_b: per_conn(
-            before.slab_kib as f64 * 1024.0,
-            kernel.slab_kib as f64 * 1024.0,
-        ),
+        slab_per_conn_b: per_conn(before.slab_kib as f64 * 1024.0, kernel.slab_kib as f64 * 1024.0),
         socket_slab_per_conn_b: before
             .socket_slab_b
             .zip(kernel.socket_slab_b)
@@ -251,20 +240,11 @@ fn watch_fleet(
     }
     fleet.pump()?;
     let elapsed_ns = (sys::monotonic_ns() - steady_at).min(w.duration_ns);
-    let r = RunResult {
-        elapsed_s: elapsed_ns as f64 / 1e9,
-        hold,
-        ..RunResult::default()
-    };
+    let r = RunResult { elapsed_s: elapsed_ns as f64 / 1e9, hold, ..RunResult::default() };
     Ok((r, targets))
 }
 
-fn finish_result(
-    r: &mut RunResult,
-    w: &Workload,
-    tally: Tally,
-    targets: TargetWatch,
-) -> Result<(), BenchError> {
+fn finish_result(r: &mut RunResult, w: &Workload, tally: Tally, targets: TargetWatch) -> Result<(), BenchError> {
     let unit = match w.mode {
         ConnMode::PerRequest => "s per million connections",
         ConnMode::KeepAlive => "s per million requests",
@@ -274,11 +254,7 @@ fn finish_result(
     r.errors = tally.error_count();
     r.error_kinds = tally.errors.clone();
     r.unfinished = tally.unfinished;
-    r.rate = if r.elapsed_s > 0.0 {
-        tally.ok as f64 / r.elapsed_s
-    } else {
-        0.0
-    };
+    r.rate = if r.elapsed_s > 0.0 { tally.ok as f64 / r.elapsed_s } else { 0.0 };
     r.latency = Latency::of(&tally.hist);
     r.send_lag = Latency::of(&tally.lag);
     if w.probe || w.hold {
@@ -301,9 +277,7 @@ pub fn worker(w: &Workload, proc: usize, parent: u32) -> Result<(), BenchError> 
     let mut out = std::io::stdout().lock();
     let mut say = |msg: &ChildMsg| -> Result<(), BenchError> {
         let line = serde_json::to_string(msg).map_err(|e| BenchError::Worker(e.to_string()))?;
-        writeln!(out, "{line}")
-            .and_then(|_| out.flush())
-            .map_err(|e| BenchError::Sys("write to parent", e))
+        writeln!(out, "{line}").and_then(|_| out.flush()).map_err(|e| BenchError::Sys("write to parent", e))
     };
     let mut next = sys::monotonic_ns() + 1_000_000_000;
     while !local.ramped() {
@@ -315,14 +289,8 @@ pub fn worker(w: &Workload, proc: usize, parent: u32) -> Result<(), BenchError> 
     }
     say(&ChildMsg::Ramped(local.counters()))?;
     let mut line = String::new();
-    let n = std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| BenchError::Sys("read from parent", e))?;
-    let at = line
-        .trim()
-        .strip_prefix("go ")
-        .and_then(|v| v.parse::<u64>().ok());
+    let n = std::io::stdin().lock().read_line(&mut line).map_err(|e| BenchError::Sys("read from parent", e))?;
+    let at = line.trim().strip_prefix("go ").and_then(|v| v.parse::<u64>().ok());
     let Some(at) = at.filter(|_| n > 0) else {
         local.abort();
         let _ = local.join();
