@@ -246,10 +246,12 @@ mod tests {
     fn own_process_is_sampled_with_its_threads_and_cpu() {
         // Burn some CPU in a thread that exits before the second sample: its time must remain.
         let before = sample(std::process::id()).unwrap_or_else(|e| panic!("{e}"));
+        // 100 ms of the thread's own CPU time, not of wall time: on a loaded machine the thread
+        // may get a small share of a core (bounded by 10 s of wall time all the same).
         let burner = std::thread::spawn(|| {
             let start = std::time::Instant::now();
             let mut x = 0u64;
-            while start.elapsed() < std::time::Duration::from_millis(100) {
+            while thread_cpu_s() < 0.1 && start.elapsed() < std::time::Duration::from_secs(10) {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
         });
@@ -258,6 +260,14 @@ mod tests {
         assert!(after.cpu_s - before.cpu_s >= 0.05, "{before:?} -> {after:?}");
         assert!(after.rss_kib > 0);
         assert_eq!(after.io_workers, 0);
+    }
+
+    fn thread_cpu_s() -> f64 {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a valid, writable timespec.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
     }
 
     #[test]
