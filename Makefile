@@ -32,7 +32,7 @@ run: build
 	"$(RINGLB)" run -c "$(CONFIG)"
 
 test:
-	$(CARGO) test --workspace --release
+	$(CARGO) test --workspace --release --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -44,3 +44,4 @@ clean:
 # More targets (bench, test-ha, tune-apply, ...) live next to what they drive.
 -include bench/bench.mk
 -include tuning/tuning.mk
+-include tests/ha/ha.mk

@@ -7,7 +7,10 @@
 #   QUICK=1          smoke run of a few seconds per target (CI)
 #   ROUNDS=N         rounds of the performance workloads (default 3; 1 with QUICK)
 #   STRESS_ROUNDS=N  rounds of the 50,000-connection hold (default 1)
-#   TARGETS="..."    subset/order of: direct haproxy haproxy-splice nginx ringlb
+#   TARGETS="..."    subset/order of: direct haproxy haproxy-splice nginx ringlb, and the data-path
+#                    variants ringlb-splice (runtime.splice = "always") and ringlb-copy ("never");
+#                    ringlb itself runs the default, "auto". haproxy-splice-all: HAProxy with
+#                    splice(2) for every transfer (option splice-request, splice-response)
 #   WORKLOADS="..."  subset of: rr-max rr-sweep conn-max bulk hold-10k hold-50k
 #   RATES="..."      offered rates of the rr sweep (requests/s)
 #   REQUIRE="..."    targets that must start and complete every run, or the exit status is 1
@@ -17,6 +20,11 @@
 #   NO_BUILD=1       use the binaries already built; NO_INSTALL=1 never calls apt-get
 set -euo pipefail
 
+# The variables given, for the report's "command" line (before defaults are filled in).
+GIVEN=""
+for v in QUICK ROUNDS STRESS_ROUNDS TARGETS WORKLOADS RATES REQUIRE BACKEND; do
+    [[ -n ${!v:-} ]] && GIVEN+=" $v=\"${!v}\""
+done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TGT=${CARGO_TARGET_DIR:-$ROOT/target}
 BENCH_BIN=$TGT/release/ringlb-bench
@@ -118,7 +126,7 @@ install_missing() {
 build() {
     [[ ${NO_BUILD:-0} == 1 ]] && return 0
     (cd "$ROOT" && cargo build --release -q -p ringlb-bench)
-    if [[ " $TARGETS " == *" ringlb "* || $BACKEND == ringlb ]]; then
+    if [[ " $TARGETS " == *" ringlb"* || $BACKEND == ringlb ]]; then
         (cd "$ROOT" && cargo build --release -q -p ringlb --bin ringlb) || log "ringlb did not build; it will be reported as failed"
     fi
 }
@@ -147,35 +155,40 @@ declare -A HTTP=() BULK=() PID=()
 free_ports() { "$BENCH_BIN" free-ports "$1" | tr '\n' ' '; }
 wait_port() { "$BENCH_BIN" wait-port "$1" --timeout "${2:-10s}" 2>/dev/null; }
 
+# Four HTTP backends, one process each, on four ports of 127.0.0.1. Four rather than two because
+# a proxy's backend connections all come from 127.0.0.1: each (source address, backend address)
+# pair has one ephemeral port range (32768-60999 here), and the kernel's port search for connect()
+# tries the even ports first, so once a pair holds more than ~14,000 connections every further
+# connect scans them all (measured: two backends, 25,000 connections each, left ringlb with 83 % of
+# its CPU in __inet_hash_connect and 35,423 of 50,000 connections served). Four keep the
+# 50,000-connection hold at 12,500 per pair, and a process at 12,500 of its 20,000 descriptors.
 start_backends() {
-    read -r PORT_A PORT_B PORT_SINK <<<"$(free_ports 3)"
-    local port name i
-    for name in a b; do
-        [[ $name == a ]] && port=$PORT_A || port=$PORT_B
+    read -r PORT_A PORT_B PORT_C PORT_D PORT_SINK <<<"$(free_ports 5)"
+    local port name
+    for name in a b c d; do
+        case $name in a) port=$PORT_A ;; b) port=$PORT_B ;; c) port=$PORT_C ;; d) port=$PORT_D ;; esac
         if [[ $BACKEND == ringlb ]]; then
             start "backend-$name" "$RINGLB_BIN" demo-backend --bind "127.0.0.1:$port" --name "$name"
         else
-            # Two processes per backend share the port, so that a backend can hold more than one
-            # process's 20,000 descriptors (the 50,000-connection hold puts 25,000 on each).
-            for i in 1 2; do
-                start "backend-$name-$i" "$BENCH_BIN" http-backend --bind "127.0.0.1:$port" --name "$name" --reuseport
-            done
+            start "backend-$name" "$BENCH_BIN" http-backend --bind "127.0.0.1:$port" --name "$name"
         fi
     done
     start sink "$BENCH_BIN" sink --bind "127.0.0.1:$PORT_SINK"
-    for port in "$PORT_A" "$PORT_B" "$PORT_SINK"; do
+    for port in "$PORT_A" "$PORT_B" "$PORT_C" "$PORT_D" "$PORT_SINK"; do
         wait_port "127.0.0.1:$port" || { log "backend on port $port did not start"; exit 1; }
     done
-    HTTP[direct]="127.0.0.1:$PORT_A 127.0.0.1:$PORT_B"
+    HTTP[direct]="127.0.0.1:$PORT_A 127.0.0.1:$PORT_B 127.0.0.1:$PORT_C 127.0.0.1:$PORT_D"
     BULK[direct]="127.0.0.1:$PORT_SINK"
     PID[direct]=""
 }
 
 # fill TEMPLATE HTTP_PORT BULK_PORT [STATS_PORT] [OPTIONS]: prints the template with values filled in.
 fill() {
-    sed -e "s|@BACKEND_A@|$PORT_A|g; s|@BACKEND_B@|$PORT_B|g; s|@SINK_PORT@|$PORT_SINK|g" \
+    sed -e "s|@BACKEND_A@|$PORT_A|g; s|@BACKEND_B@|$PORT_B|g; s|@BACKEND_C@|$PORT_C|g; s|@BACKEND_D@|$PORT_D|g" \
+        -e "s|@SINK_PORT@|$PORT_SINK|g" \
         -e "s|@HTTP_PORT@|$2|g; s|@BULK_PORT@|$3|g; s|@STATS_PORT@|${4:-0}|g; s|@OPTIONS@|${5:-}|g" \
-        -e "s|@DIR@|$WORK|g; s|@STREAM_MODULE@|$STREAM_MODULE|g; s|@WORKERS@|$RINGLB_WORKERS|g" "$CONFIGS/$1"
+        -e "s|@DIR@|$WORK|g; s|@STREAM_MODULE@|$STREAM_MODULE|g; s|@WORKERS@|$RINGLB_WORKERS|g" \
+        -e "s|@SPLICE@|${SPLICE:-auto}|g" "$CONFIGS/$1"
 }
 
 # ready TARGET PID HTTP_ADDR BULK_ADDR: waits for both listeners and records the target.
@@ -214,30 +227,32 @@ start_nginx() {
     ready nginx "$LAST_PID" "127.0.0.1:$h" "127.0.0.1:$b"
 }
 
-# ringlb binds port 0 and reports the real ports on stderr (see the start-up contract).
+# start_ringlb NAME SPLICE: ringlb with runtime.splice = SPLICE. It binds port 0 and reports the
+# real ports on stderr (see the start-up contract).
 start_ringlb() {
-    [[ -x $RINGLB_BIN ]] || { fail ringlb "no binary at $RINGLB_BIN"; return; }
-    fill ringlb.toml 0 0 >"$WORK/ringlb.toml"
-    start ringlb "$RINGLB_BIN" run -c "$WORK/ringlb.toml"
-    local pid=$LAST_PID i
+    local name=$1 splice=$2
+    [[ -x $RINGLB_BIN ]] || { fail "$name" "no binary at $RINGLB_BIN"; return; }
+    SPLICE=$splice fill ringlb.toml 0 0 >"$WORK/$name.toml"
+    start "$name" "$RINGLB_BIN" run -c "$WORK/$name.toml"
+    local pid=$LAST_PID log=$WORK/$name.log i
     for i in $(seq 100); do
-        grep -q 'ringlb running with' "$WORK/ringlb.log" && break
+        grep -q 'ringlb running with' "$log" && break
         alive "$pid" || break
         sleep 0.1
     done
-    if ! grep -q 'ringlb running with' "$WORK/ringlb.log" || ! alive "$pid"; then
-        fail ringlb "did not start: $(tail -n 3 "$WORK/ringlb.log" | tr '\n' ' ')"
+    if ! grep -q 'ringlb running with' "$log" || ! alive "$pid"; then
+        fail "$name" "did not start: $(tail -n 3 "$log" | tr '\n' ' ')"
         return
     fi
     local h b
-    h=$(grep -oE 'listener http bound [^ ]+' "$WORK/ringlb.log" | head -n1 | awk '{print $4}')
-    b=$(grep -oE 'listener bulk bound [^ ]+' "$WORK/ringlb.log" | head -n1 | awk '{print $4}')
+    h=$(grep -oE 'listener http bound [^ ]+' "$log" | head -n1 | awk '{print $4}')
+    b=$(grep -oE 'listener bulk bound [^ ]+' "$log" | head -n1 | awk '{print $4}')
     if [[ -z $h || -z $b ]]; then
-        fail ringlb "no 'listener NAME bound ADDR' lines in its log"
+        fail "$name" "no 'listener NAME bound ADDR' lines in its log"
         return
     fi
-    ready ringlb "$pid" "$h" "$b"
-    meta "ringlb threads at start" "$(awk '/^Threads:/ {print $2}' "/proc/$pid/status")"
+    ready "$name" "$pid" "$h" "$b"
+    meta "$name threads at start ($RINGLB_WORKERS workers)" "$(awk '/^Threads:/ {print $2}' "/proc/$pid/status")"
 }
 
 start_target() {
@@ -245,8 +260,11 @@ start_target() {
         direct) ;;
         haproxy) start_haproxy haproxy "" ;;
         haproxy-splice) start_haproxy haproxy-splice "    option splice-auto" ;;
+        haproxy-splice-all) start_haproxy haproxy-splice-all "    option splice-request\n    option splice-response" ;;
         nginx) start_nginx ;;
-        ringlb) start_ringlb ;;
+        ringlb) start_ringlb ringlb auto ;;
+        ringlb-splice) start_ringlb ringlb-splice always ;;
+        ringlb-copy) start_ringlb ringlb-copy never ;;
         *) log "unknown target $1"; exit 2 ;;
     esac
 }
@@ -355,10 +373,10 @@ main() {
     [[ -x $BENCH_BIN ]] || { log "no $BENCH_BIN"; exit 1; }
     mkdir -p "$OUT"
     meta "date" "$(date -u '+%Y-%m-%d %H:%M UTC')"
+    meta "load average at start (1, 5, 15 min; 2 cores)" "$(cut -d' ' -f1-3 /proc/loadavg)"
     meta "host" "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), descriptor limit $(ulimit -n)"
     meta "commit" "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    local cmd="make bench"
-    [[ $QUICK == 1 ]] && cmd+=" QUICK=1"
+    local cmd="make bench$GIVEN"
     meta "command" "$cmd (rounds $ROUNDS, stress rounds $STRESS_ROUNDS, backends $BACKEND, rr sweep rates $RATES)"
     command -v haproxy >/dev/null && meta "haproxy" "$(haproxy -v | head -n1)"
     command -v nginx >/dev/null && meta "nginx" "$(nginx -v 2>&1)"
@@ -368,6 +386,7 @@ main() {
     local r
     for r in $(seq "$ROUNDS"); do run_round "$r"; done
     for r in $(seq "$STRESS_ROUNDS"); do run_stress "$r"; done
+    meta "load average at end (1, 5, 15 min)" "$(cut -d' ' -f1-3 /proc/loadavg)"
     cp "$RESULTS" "$OUT/latest.jsonl"
     "$BENCH_BIN" report --input "$RESULTS" --md "$OUT/latest.md" --svg "$OUT/latest.svg" \
         --order "$TARGETS"

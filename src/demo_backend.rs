@@ -85,15 +85,9 @@ fn resolve(bind: &str) -> Result<SocketAddr, DemoError> {
 fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(false).or_else(|e| {
-            // `[::1]` cannot be dual-stack; only a wildcard bind needs the flag cleared.
-            if addr.ip().is_unspecified() {
-                Err(e)
-            } else {
-                Ok(())
-            }
-        })?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        // `[::]` serves IPv4 clients too, whatever the host's bindv6only default.
+        socket.set_only_v6(false)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;

@@ -6,7 +6,8 @@
 //!                  control plane                          data path (one per core)
 //!   ┌────────────────────────────────────┐      ┌───────────────────────────────────────────┐
 //!   │ main.rs: config, signals, preflight│      │ worker N: one io_uring                    │
-//!   │ control/: hostcheck, privdrop, pid │      │   SO_REUSEPORT listener ─accept─▶ slab    │
+//!   │ control/: hostcheck, privdrop, pid,│      │   SO_REUSEPORT listener ─accept─▶ slab    │
+//!   │   reload (SIGHUP ─▶ prober, workers)│      │   small messages: recv/send via a buffer  │
 //!   │ health prober thread ──────────────┼─────▶│   client ─splice─▶ pipe ─splice─▶ backend │
 //!   │   (single writer of the table)     │ table│   backend ─splice─▶ pipe ─splice─▶ client │
 //!   │ admin thread: /metrics /ready /api │(arc- │   sockets and pipes: registered (direct)  │
@@ -16,12 +17,14 @@
 //! ```
 //!
 //! - [`datapath`]: per-core workers. Each owns a ring, its listening sockets, a connection slab and
-//!   a pipe pool, and shares only the connection counters (for `max_connections`) with the others.
+//!   pools of pipes and copy buffers, and shares only the connection counters (for
+//!   `max_connections`) with the others. Small messages are copied (recv/send, completed inline),
+//!   bulk transfers spliced (io-wq); see `runtime.splice`.
 //!   It depends on [`config`], [`table`], [`metrics`] and nothing in the control plane.
 //! - [`table`]: the backend table, one immutable snapshot of pools and servers behind arc-swap.
 //! - [`config`]: TOML -> raw serde structs -> validated typed config, errors as `file:line:col`.
 //! - [`balance`]: balancing policies as pure code.
-//! - [`control`]: signals, host checks, privilege drop, the pid file.
+//! - [`control`]: signals, host checks, privilege drop, the pid file, configuration reload.
 //! - [`health`]: the health prober, single writer of the table (active checks, passive detection,
 //!   operators' drain/disable/enable).
 //! - [`metrics`]: every metric name, the counter blocks the workers and the prober write (each

@@ -284,7 +284,12 @@ fn a_taken_admin_address_is_a_one_line_error() {
     let status = proc.wait_exit(Duration::from_secs(10)).expect("ringlb exits");
     let _ = std::fs::remove_file(&config);
     assert!(!status.success());
-    let log = proc.log();
+    // The stderr reader may still be collecting the last line when the exit is seen.
     let expected = format!("admin.bind: cannot bind {addr}: Address already in use");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !proc.log().lines().any(|l| l.contains(&expected)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = proc.log();
     assert!(log.lines().any(|l| l.contains(&expected)), "{log}");
 }

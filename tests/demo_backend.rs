@@ -178,3 +178,15 @@ async fn holds_10000_concurrent_connections() {
     eprintln!("10,000 connections direct: opened in {opened:?}, all answered in {:?}", start.elapsed());
     assert!(backend.proc().is_running());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listens_on_ipv6_loopback() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: ::1 is not available");
+        return;
+    }
+    let backend = DemoBackend::start_at("six", "[::1]:0");
+    assert!(backend.addr.is_ipv6(), "{}", backend.addr);
+    let reply = connect(&backend).await.get("/").await.expect("a reply");
+    assert_eq!(reply.body_text(), "six\n");
+}

@@ -20,14 +20,17 @@ use tokio::net::TcpStream;
 const STEP: Duration = Duration::from_secs(10);
 
 /// A connect timeout well above the 1 s SYN retransmission: a burst of clients can overflow the
-/// in-process backends' accept queues, and a dropped SYN must not fail the connection.
+/// in-process backends' accept queues, and a dropped SYN must not fail the connection. No health
+/// checks: the rings counted are the workers' alone, and a refusing server stays in the rotation
+/// (passive detection would take it out) so that connections keep going past refusals.
 fn config(runtime_max: u32, listener_max: u32, backends: &[SocketAddr], idle: &str) -> String {
     let servers: String = backends.iter().map(|b| format!("[[pools.back.servers]]\naddr = \"{b}\"\n")).collect();
     format!(
         "[runtime]\nworkers = 2\nmax_connections = {runtime_max}\nshutdown_grace = \"2s\"\n\
          [admin]\nbind = \"127.0.0.1:0\"\n\
          [listeners.front]\nbind = \"127.0.0.1:0\"\npool = \"back\"\nmax_connections = {listener_max}\n\
-         [pools.back]\nconnect_timeout = \"5s\"\nidle_timeout = \"{idle}\"\nretries = 1\n{servers}"
+         [pools.back]\nconnect_timeout = \"5s\"\nidle_timeout = \"{idle}\"\nretries = 1\n\
+         [pools.back.health]\ncheck = \"none\"\n{servers}"
     )
 }
 

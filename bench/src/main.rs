@@ -176,7 +176,7 @@ struct Common {
     /// First client source address; connections are spread over consecutive addresses.
     #[arg(long, default_value = "127.0.0.2")]
     src_base: Ipv4Addr,
-    /// Number of source addresses; 0 = one per 20,000 connections.
+    /// Number of source addresses; 0 = one per 10,000 connections.
     #[arg(long, default_value_t = 0)]
     sources: usize,
     /// Let the kernel choose the source address instead.

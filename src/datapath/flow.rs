@@ -267,6 +267,12 @@ impl Flow {
         self.waiting_pipe = false;
     }
 
+    /// The operations this flow has in flight, for a teardown that cancels each by its
+    /// `user_data`: (POLLIN on src, POLLOUT on dst, splice-in or recv, splice-out or send, shutdown).
+    pub fn in_flight(&self) -> [bool; 5] {
+        [self.poll_armed, self.pollout_armed, self.in_flight_in, self.in_flight_out, self.shut == Shut::InFlight]
+    }
+
     /// True when the flow is parked waiting for a pipe from the pool.
     pub fn is_waiting_pipe(&self) -> bool {
         self.waiting_pipe

@@ -7,12 +7,15 @@
 //! in its own blocks, see [`crate::metrics`]); the control plane talks to it through [`DataPath`]:
 //! the table it publishes and `shutdown()`.
 //!
-//! Files: `listener` (sockets), `worker` (ring set-up, event loop, accepts, timers), `proxy`
+//! Files: `listener` (sockets), `worker` (ring set-up, event loop, timers), `accept` (accept state
+//! machine, limits, parked clients), `connect` (server pick and the connect chain), `proxy`
 //! (connect chain, splicing, teardown), `flow` (one direction's pure state machine), `pipes` and
 //! `buffers` (pools),
 //! `ops` (what `user_data` means).
 
+mod accept;
 mod buffers;
+mod connect;
 mod connlog;
 mod flow;
 mod listener;

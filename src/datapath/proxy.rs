@@ -1,10 +1,9 @@
-//! A proxied connection: the backend connect chain with retries, the two splice flows, and
-//! teardown.
+//! A proxied connection: its slot, the two flows (splice or copy) once connected, and teardown
+//! (the connect chain is in `connect`).
 //!
 //! Ownership: a connection slot owns its client socket (registered slot from accept), its backend
-//! socket (registered slot `layout.backend_slot(slot)`) and, per direction, at most one pipe. It
-//! counts every operation it has in flight (`inflight`, a multishot poll counting once until its
-//! final completion); teardown cancels everything on both sockets, waits for `inflight` to reach
+//! socket (registered slot `layout.backend_slot(slot)`) and, per direction, at most one pipe or
+//! copy buffer. It counts every operation it has in flight (`inflight`); teardown cancels everything on both sockets, waits for `inflight` to reach
 //! zero, and only then closes the descriptors, returns the pipes and frees the slot. Nothing is
 //! reused while the kernel may still touch it.
 //!
@@ -19,20 +18,19 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, squeue, types};
 use tracing::debug;
 
+use super::connect::ConnectResults;
 use super::flow::{Flow, Mode, Outcome, Step};
 use super::ops::{self, Op};
 use super::pipes::Pipe;
 use super::worker::Worker;
-use crate::balance::{ExcludeSet, Pick};
+use crate::balance::ExcludeSet;
 use crate::config::SpliceMode;
 pub use crate::metrics::CloseCause;
-use crate::metrics::{ConnectFailure, Direction};
-use crate::table::{BackendTable, ConnectOutcome, ServerEntry};
+use crate::metrics::Direction;
+use crate::table::{BackendTable, ServerEntry};
 
 const C2B: usize = 0;
 const B2C: usize = 1;
-
-static ONE: libc::c_int = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -44,48 +42,38 @@ pub enum Phase {
     Closing,
 }
 
-/// The connect chain's five completions, gathered before deciding.
-#[derive(Debug, Clone, Copy, Default)]
-struct ConnectResults {
-    pending: u8,
-    socket: i32,
-    sockopt: i32,
-    connect: i32,
-    timeout: i32,
-}
-
 pub struct Conn {
     pub gen: u32,
     pub phase: Phase,
-    listener: usize,
-    pool: usize,
+    pub(super) listener: usize,
+    pub(super) pool: usize,
     pub table: Option<Arc<BackendTable>>,
-    server: usize,
+    pub(super) server: usize,
     /// The server whose slot this connection holds in its pool's balancer (released once).
-    reserved: Option<usize>,
-    exclude: ExcludeSet,
-    attempts: u32,
-    attempts_left: u32,
-    peer: SocketAddr,
+    pub(super) reserved: Option<usize>,
+    pub(super) exclude: ExcludeSet,
+    pub(super) attempts: u32,
+    pub(super) attempts_left: u32,
+    pub(super) peer: SocketAddr,
     pub queued_until: Option<Instant>,
-    client: u32,
-    backend_open: bool,
-    inflight: u32,
-    flows: [Flow; 2],
-    pipes: [Option<Pipe>; 2],
-    bufs: [Option<u32>; 2],
-    connect: ConnectResults,
+    pub(super) client: u32,
+    pub(super) backend_open: bool,
+    pub(super) inflight: u32,
+    pub(super) flows: [Flow; 2],
+    pub(super) pipes: [Option<Pipe>; 2],
+    pub(super) bufs: [Option<u32>; 2],
+    pub(super) connect: ConnectResults,
     pub last_active: Instant,
     pub idle_timeout: Duration,
     /// When the client was accepted into this slot (for the connection duration).
-    opened: Instant,
+    pub(super) opened: Instant,
     /// Connected to `server` (counted in its active connections until the close).
-    connected: bool,
+    pub(super) connected: bool,
     /// Why the connection is closing (the first cause wins).
-    cause: CloseCause,
-    addr: libc::sockaddr_storage,
-    addr_len: libc::socklen_t,
-    timeout_ts: types::Timespec,
+    pub(super) cause: CloseCause,
+    pub(super) addr: libc::sockaddr_storage,
+    pub(super) addr_len: libc::socklen_t,
+    pub(super) timeout_ts: types::Timespec,
 }
 
 impl Conn {
@@ -186,90 +174,6 @@ impl Worker {
         self.connect_next(slot);
     }
 
-    /// Asks the pool's balancer for a server outside the ones already tried; `Server` reserves a
-    /// slot on it, which `release_server` gives back.
-    fn pick(&mut self, slot: u32) -> Pick {
-        let c = &self.conns[slot as usize];
-        let Some(table) = c.table.as_ref() else { return Pick::NoneUsable };
-        let pool = c.pool;
-        if self.balance.len() <= pool {
-            let id = self.id as u64;
-            self.balance.resize_with(pool + 1, || crate::balance::WorkerBalanceState::new(id));
-        }
-        table.pools[pool].balancer.select(&mut self.balance[pool], c.peer.ip(), &c.exclude, self.now)
-    }
-
-    /// Gives back the connection's server slot (after a failed connect, or at close).
-    fn release_server(&mut self, slot: u32) {
-        let now = self.now;
-        let c = &mut self.conns[slot as usize];
-        if let (Some(server), Some(table)) = (c.reserved.take(), c.table.as_ref()) {
-            table.pools[c.pool].balancer.release(server, now);
-        }
-    }
-
-    /// Connects to the next server the balancer picks, queues the client when every server is
-    /// full, or closes it when no attempt or server is left.
-    fn connect_next(&mut self, slot: u32) {
-        let c = &self.conns[slot as usize];
-        let pick = if c.attempts_left > 0 { self.pick(slot) } else { Pick::NoneUsable };
-        let c = &mut self.conns[slot as usize];
-        let server = match pick {
-            Pick::Server(server) => server,
-            Pick::AllFull => {
-                if c.queued_until.is_none() {
-                    let timeout = c.table.as_ref().map_or(Duration::ZERO, |t| t.pools[c.pool].queue_timeout);
-                    c.queued_until = Some(self.now + timeout);
-                    if let Some(t) = c.table.as_ref() {
-                        t.pools[c.pool].counters.queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-                c.phase = Phase::Queued;
-                let gen = c.gen;
-                self.queue.push_back((slot, gen));
-                return;
-            }
-            Pick::NoneUsable => {
-                let cause = if c.attempts == 0 { CloseCause::NoServer } else { CloseCause::ConnectFailed };
-                self.begin_close(slot, cause);
-                return;
-            }
-        };
-        c.phase = Phase::Connecting;
-        c.reserved = Some(server);
-        c.exclude.insert(server);
-        c.attempts += 1;
-        let backend = self.layout.backend_slot(slot);
-        let c = &mut self.conns[slot as usize];
-        c.attempts_left -= 1;
-        c.server = server;
-        let Some(table) = c.table.as_ref() else { return };
-        let addr = table.pools[c.pool].servers[server].addr;
-        let (domain, len) = write_sockaddr(addr, &mut c.addr);
-        c.addr_len = len;
-        c.connect = ConnectResults { pending: 5, ..Default::default() };
-        c.inflight += 5;
-        let gen = c.gen;
-        let ud = |op| ops::encode(op, slot, gen);
-        let Ok(dest) = types::DestinationSlot::try_from_slot_target(backend) else { return };
-        let link = squeue::Flags::IO_LINK;
-        let chain = [
-            opcode::Socket::new(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, libc::IPPROTO_TCP)
-                .file_index(Some(dest))
-                .build()
-                .flags(link)
-                .user_data(ud(Op::Socket)),
-            sockopt(backend, libc::IPPROTO_TCP, libc::TCP_NODELAY).flags(link).user_data(ud(Op::SockOpt)),
-            sockopt(backend, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT).flags(link).user_data(ud(Op::SockOpt)),
-            opcode::Connect::new(types::Fixed(backend), (&c.addr as *const libc::sockaddr_storage).cast(), c.addr_len)
-                .build()
-                .flags(link)
-                .user_data(ud(Op::Connect)),
-            opcode::LinkTimeout::new(&c.timeout_ts).build().user_data(ud(Op::ConnectTimeout)),
-        ];
-        self.push(&chain);
-    }
-
     pub fn on_conn_completion(&mut self, op: Op, slot: u32, gen: u32, res: i32, more: bool) {
         let Some(c) = self.conns.get_mut(slot as usize) else { return };
         if c.gen != gen || c.phase == Phase::Free {
@@ -300,76 +204,6 @@ impl Worker {
             Op::Cancel => {}
             Op::Accept | Op::AcceptCancel | Op::Tick | Op::Wake | Op::Close => {}
         }
-    }
-
-    fn on_connect_step(&mut self, slot: u32, op: Op, res: i32) {
-        let c = &mut self.conns[slot as usize];
-        match op {
-            Op::Socket => {
-                c.connect.socket = res;
-                c.backend_open |= res >= 0;
-            }
-            Op::SockOpt if res < 0 && c.connect.sockopt == 0 => c.connect.sockopt = res,
-            Op::Connect => c.connect.connect = res,
-            Op::ConnectTimeout => c.connect.timeout = res,
-            _ => {}
-        }
-        c.connect.pending -= 1;
-        if c.connect.pending > 0 {
-            return;
-        }
-        let r = c.connect;
-        let outcome = match r.connect {
-            0 => ConnectOutcome::Connected,
-            _ if r.timeout == -libc::ETIME => ConnectOutcome::TimedOut,
-            e => ConnectOutcome::Failed(-e),
-        };
-        if r.socket >= 0 && r.sockopt >= 0 {
-            // Passive health: the prober hears of every connect that reached the network.
-            if let Some(table) = &c.table {
-                table.report_connect(c.pool, c.server, outcome);
-            }
-        }
-        if let Some(server) = server_entry(c) {
-            let worker = self.id;
-            if c.attempts > 1 {
-                server.stats.retried(worker);
-            }
-            match outcome {
-                _ if r.socket < 0 || r.sockopt < 0 => server.stats.connect_failed(worker, ConnectFailure::Other),
-                ConnectOutcome::Connected => server.stats.connected(worker),
-                ConnectOutcome::TimedOut => server.stats.connect_failed(worker, ConnectFailure::Timeout),
-                ConnectOutcome::Failed(errno) => server.stats.connect_failed(worker, ConnectFailure::from_errno(errno)),
-            }
-        }
-        if r.connect == 0 {
-            c.phase = Phase::Proxying;
-            c.connected = true;
-            c.last_active = self.now;
-            // Both flows start by polling their source.
-            self.drive(slot);
-            return;
-        }
-        let reason = if r.socket < 0 {
-            format!("socket: {}", errno_str(r.socket))
-        } else if r.sockopt < 0 {
-            format!("setsockopt: {}", errno_str(r.sockopt))
-        } else if r.timeout == -libc::ETIME {
-            "connect timeout".to_string()
-        } else {
-            errno_str(r.connect)
-        };
-        let server = c.table.as_ref().map(|t| t.pools[c.pool].servers[c.server].name.clone()).unwrap_or_default();
-        let now = self.now;
-        let id = self.id;
-        self.connect_log.warn(now, format_args!("worker {id}: connect to server {server} failed: {reason}"));
-        self.release_server(slot);
-        if r.socket < 0 && matches!(-r.socket, libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS) {
-            // Out of resources locally: another server will not help.
-            self.begin_close(slot, CloseCause::ConnectFailed);
-            return;
-        }
-        self.connect_next(slot);
     }
 
     fn on_poll(&mut self, slot: u32, dir: usize) {
@@ -593,30 +427,8 @@ impl Worker {
         }
     }
 
-    /// Retries queued clients (a slot may have freed, here or in another worker) and closes those
-    /// whose `queue_timeout` has passed. Runs on every tick and after every local close.
-    pub fn process_queue(&mut self) {
-        for _ in 0..self.queue.len() {
-            let Some((slot, gen)) = self.queue.pop_front() else { return };
-            let c = &self.conns[slot as usize];
-            if c.gen != gen || c.phase != Phase::Queued {
-                continue;
-            }
-            if c.queued_until.is_some_and(|t| self.now >= t) {
-                if let Some(t) = c.table.as_ref() {
-                    t.pools[c.pool].counters.queue_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                self.begin_close(slot, CloseCause::QueueTimeout);
-                continue;
-            }
-            // Re-queues itself when still full.
-            self.connect_next(slot);
-        }
-    }
-
     /// Starts teardown: cancel everything on both sockets; `finish_close` runs at zero in flight.
     pub fn begin_close(&mut self, slot: u32, cause: CloseCause) {
-        let backend = self.layout.backend_slot(slot);
         let c = &mut self.conns[slot as usize];
         if matches!(c.phase, Phase::Closing | Phase::Free) {
             return;
@@ -629,11 +441,24 @@ impl Worker {
             self.finish_close(slot);
             return;
         }
+        // Cancel each request in flight by its user_data, which the kernel finds in a hash table.
+        // (Cancelling by descriptor makes it walk every armed request of the ring: measured at
+        // about 1 ms of CPU per reset with 15,000 connections held; see bench/README.md.)
+        // Requests that complete on their own (non-blocking splices, sends, recvs) may beat the
+        // cancel; it then finds nothing, which is harmless: every cancel has its own completion.
         let gen = c.gen;
-        let mut entries = vec![cancel_fd(c.client, slot, gen)];
-        if c.backend_open {
-            entries.push(cancel_fd(backend, slot, gen));
+        let mut ops = Vec::with_capacity(8);
+        let per_flow = [
+            [Op::ClientPoll, Op::BackendPollOut, Op::C2bIn, Op::C2bOut, Op::ShutBackend],
+            [Op::BackendPoll, Op::ClientPollOut, Op::B2cIn, Op::B2cOut, Op::ShutClient],
+        ];
+        for (flow, names) in c.flows.iter().zip(per_flow) {
+            ops.extend(flow.in_flight().into_iter().zip(names).filter(|(armed, _)| *armed).map(|(_, op)| op));
         }
+        if c.connect.pending > 0 {
+            ops.push(Op::Connect);
+        }
+        let entries: Vec<squeue::Entry> = ops.into_iter().map(|op| cancel_op(op, slot, gen)).collect();
         c.inflight += entries.len() as u32;
         self.push(&entries);
     }
@@ -708,50 +533,19 @@ impl Worker {
 }
 
 /// The server the connection is connecting or connected to, in its snapshot.
-fn server_entry(c: &Conn) -> Option<&ServerEntry> {
+pub(super) fn server_entry(c: &Conn) -> Option<&ServerEntry> {
     c.table.as_ref()?.pools.get(c.pool)?.servers.get(c.server)
 }
 
-fn sockopt(slot: u32, level: libc::c_int, name: libc::c_int) -> squeue::Entry {
-    opcode::SetSockOpt::new(
-        types::Fixed(slot),
-        level as u32,
-        name as u32,
-        (&ONE as *const libc::c_int).cast(),
-        std::mem::size_of::<libc::c_int>() as u32,
-    )
-    .build()
-}
-
-fn cancel_fd(slot: u32, conn: u32, gen: u32) -> squeue::Entry {
-    opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(slot)).all()).build().user_data(ops::encode(
-        Op::Cancel,
-        conn,
-        gen,
-    ))
+/// Cancels the request `op` of connection `conn` (generation `gen`), found by its user_data.
+fn cancel_op(op: Op, conn: u32, gen: u32) -> squeue::Entry {
+    opcode::AsyncCancel::new(ops::encode(op, conn, gen)).build().user_data(ops::encode(Op::Cancel, conn, gen))
 }
 
 fn close_entry(slot: u32) -> squeue::Entry {
     opcode::Close::new(types::Fixed(slot)).build().user_data(ops::encode(Op::Close, 0, 0))
 }
 
-fn errno_str(res: i32) -> String {
+pub(super) fn errno_str(res: i32) -> String {
     std::io::Error::from_raw_os_error(-res).to_string()
-}
-
-/// Writes `addr` as a C sockaddr; returns (domain, length).
-fn write_sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_storage) -> (i32, libc::socklen_t) {
-    let sa = socket2::SockAddr::from(addr);
-    let len = sa.len();
-    // SAFETY: SockAddr holds a valid sockaddr of `len` bytes, and sockaddr_storage is large
-    // enough for any of them.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            sa.as_ptr().cast::<u8>(),
-            (out as *mut libc::sockaddr_storage).cast::<u8>(),
-            len as usize,
-        );
-    }
-    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    (domain, len)
 }

@@ -1,22 +1,14 @@
-//! The kinds of active check, one connection each: a TCP connect, an HTTP GET answered with an
-//! expected status, and send/expect. A check runs under a single deadline (`timeout`, connect
-//! included) and closes its socket with a reset (SO_LINGER 0), as HAProxy does, so that checks
-//! leave no TIME_WAIT sockets on this host.
+//! What the kinds of active check send and how their replies are judged: a TCP connect, an
+//! HTTP GET answered with an expected status, and send/expect. The I/O itself is `ring`'s.
 //!
-//! Owns one socket for the length of one check and nothing else; it never touches the table (the
-//! prober decides what a result means).
+//! Pure: bytes in, a verdict out; it never touches a socket or the table.
 
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
-
-use socket2::SockRef;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::{HealthCheck, StatusRanges};
 
-/// Bytes read at most for an HTTP status line or a send-expect reply.
+/// Bytes read at most for an HTTP status line or a send-expect reply (or the whole `expect`).
 const MAX_REPLY: usize = 512;
 /// Bytes of an unexpected reply quoted in a log line.
 const QUOTED_REPLY: usize = 40;
@@ -48,6 +40,60 @@ impl Probe {
             }
         }
     }
+
+    /// The bytes to write once connected (empty: nothing to write).
+    pub fn request(&self) -> &[u8] {
+        match self {
+            Probe::Tcp => &[],
+            Probe::Http { request, .. } => request,
+            Probe::SendExpect { send, .. } => send,
+        }
+    }
+
+    /// How many reply bytes the check reads at most; 0: it reads none.
+    pub fn reply_limit(&self) -> usize {
+        match self {
+            Probe::Tcp => 0,
+            Probe::Http { .. } => MAX_REPLY,
+            Probe::SendExpect { expect, .. } => MAX_REPLY.max(expect.len()),
+        }
+    }
+
+    /// The verdict on `reply`, the bytes read so far; `None` while more are needed. `closed`: the
+    /// server has closed, so no more will come (nor will they past `reply_limit`).
+    pub fn judge(&self, reply: &[u8], closed: bool) -> Option<Result<(), CheckFailure>> {
+        let closed = closed || reply.len() >= self.reply_limit();
+        match self {
+            Probe::Tcp => Some(Ok(())),
+            Probe::Http { expect_status, .. } => {
+                let line = match reply.iter().position(|&b| b == b'\n') {
+                    Some(end) => &reply[..end],
+                    None if closed => reply,
+                    None => return None,
+                };
+                if line.is_empty() && closed {
+                    return Some(Err(CheckFailure::Closed));
+                }
+                Some(match parse_status(line) {
+                    Some(status) if expect_status.contains(status) => Ok(()),
+                    Some(status) => Err(CheckFailure::Status(status)),
+                    None => Err(CheckFailure::NotHttp(quote(line))),
+                })
+            }
+            Probe::SendExpect { expect, .. } => {
+                if reply.starts_with(expect) {
+                    Some(Ok(()))
+                } else if !expect.starts_with(reply) {
+                    // Already different: no need to wait for the rest.
+                    Some(Err(CheckFailure::Unexpected(quote(reply))))
+                } else if closed {
+                    Some(Err(CheckFailure::Closed))
+                } else {
+                    None
+                }
+            }
+        }
+    }
 }
 
 /// Why a check failed, in the words of the transition log line.
@@ -71,66 +117,17 @@ pub enum CheckFailure {
     Unexpected(String),
 }
 
-/// Runs `probe` against `addr` within `timeout`.
-pub async fn run(probe: &Probe, addr: SocketAddr, timeout: Duration) -> Result<(), CheckFailure> {
-    tokio::time::timeout(timeout, attempt(probe, addr)).await.unwrap_or(Err(CheckFailure::Timeout(timeout)))
+/// Why an operation of a check failed, from its (negative) result.
+pub fn io_failure(stage: &'static str, res: i32) -> CheckFailure {
+    CheckFailure::Io { stage, reason: os_text(&io::Error::from_raw_os_error(-res)) }
 }
 
-async fn attempt(probe: &Probe, addr: SocketAddr) -> Result<(), CheckFailure> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
-    let socket = socket.map_err(io_failure("socket"))?;
-    SockRef::from(&socket).set_linger(Some(Duration::ZERO)).map_err(io_failure("setsockopt"))?;
-    let mut stream = socket.connect(addr).await.map_err(|e| match e.kind() {
-        io::ErrorKind::ConnectionRefused => CheckFailure::Refused,
-        _ => CheckFailure::Connect(os_text(&e)),
-    })?;
-    match probe {
-        Probe::Tcp => Ok(()),
-        Probe::Http { request, expect_status } => {
-            stream.write_all(request).await.map_err(io_failure("send"))?;
-            let reply = read_until(&mut stream, |got| got.contains(&b'\n')).await?;
-            let line = reply.split(|&b| b == b'\n').next().unwrap_or_default();
-            match parse_status(line) {
-                Some(status) if expect_status.contains(status) => Ok(()),
-                Some(status) => Err(CheckFailure::Status(status)),
-                None => Err(CheckFailure::NotHttp(quote(line))),
-            }
-        }
-        Probe::SendExpect { send, expect } => {
-            if !send.is_empty() {
-                stream.write_all(send).await.map_err(io_failure("send"))?;
-            }
-            // Stop as soon as the reply is long enough or already differs.
-            let reply = read_until(&mut stream, |got| got.len() >= expect.len() || !expect.starts_with(got)).await?;
-            if reply.starts_with(expect) {
-                Ok(())
-            } else if expect.starts_with(&reply) {
-                Err(CheckFailure::Closed)
-            } else {
-                Err(CheckFailure::Unexpected(quote(&reply)))
-            }
-        }
+/// Why a connect failed, from its (negative) result.
+pub fn connect_failure(res: i32) -> CheckFailure {
+    match -res {
+        libc::ECONNREFUSED => CheckFailure::Refused,
+        errno => CheckFailure::Connect(os_text(&io::Error::from_raw_os_error(errno))),
     }
-}
-
-/// Reads until `done` says so, the peer closes, or `MAX_REPLY` bytes; fails on an empty reply.
-async fn read_until(stream: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Result<Vec<u8>, CheckFailure> {
-    let mut reply = Vec::with_capacity(128);
-    let mut buf = [0u8; MAX_REPLY];
-    while reply.len() < MAX_REPLY {
-        let n = stream.read(&mut buf[..MAX_REPLY - reply.len()]).await.map_err(io_failure("read"))?;
-        if n == 0 {
-            break;
-        }
-        reply.extend_from_slice(&buf[..n]);
-        if done(&reply) {
-            break;
-        }
-    }
-    if reply.is_empty() {
-        return Err(CheckFailure::Closed);
-    }
-    Ok(reply)
 }
 
 /// The status of `HTTP/1.x NNN reason`.
@@ -151,16 +148,9 @@ fn quote(reply: &[u8]) -> String {
     String::from_utf8_lossy(&reply[..end]).trim_end_matches(['\r', '\n']).to_owned()
 }
 
-fn io_failure(stage: &'static str) -> impl Fn(io::Error) -> CheckFailure {
-    move |e| CheckFailure::Io { stage, reason: os_text(&e) }
-}
-
 /// How a connect seen by live traffic failed, in the words of [`CheckFailure`].
 pub fn connect_error_text(errno: i32) -> String {
-    if errno == libc::ECONNREFUSED {
-        return CheckFailure::Refused.to_string();
-    }
-    CheckFailure::Connect(os_text(&io::Error::from_raw_os_error(errno))).to_string()
+    connect_failure(-errno).to_string()
 }
 
 /// The system's words for an error without Rust's " (os error N)" suffix.
@@ -204,10 +194,58 @@ mod tests {
         assert_eq!(Probe::new(&HealthCheck::None, "x:1"), None);
     }
 
+    fn http(expect_status: StatusRanges) -> Probe {
+        let check = HealthCheck::Http { path: "/".to_owned(), expect_status, host: None };
+        Probe::new(&check, "x:1").expect("probe")
+    }
+
+    fn send_expect(expect: &str) -> Probe {
+        Probe::new(&HealthCheck::SendExpect { send: "PING\r\n".to_owned(), expect: expect.to_owned() }, "x:1")
+            .expect("probe")
+    }
+
+    #[test]
+    fn http_replies_are_judged_on_the_status_line() {
+        let probe = http(crate::config::DEFAULT_EXPECT_STATUS);
+        assert_eq!(probe.judge(b"HTTP/1.1 200 OK\r\n", false), Some(Ok(())));
+        assert_eq!(probe.judge(b"HTTP/1.1 302 Found\r\nLocation: /\r\n", false), Some(Ok(())));
+        assert_eq!(probe.judge(b"HTTP/1.1 503 Unavailable\r\n", false), Some(Err(CheckFailure::Status(503))));
+        // Half a status line: wait for the rest, unless none will come.
+        assert_eq!(probe.judge(b"HTTP/1.1 20", false), None);
+        assert_eq!(probe.judge(b"HTTP/1.1 204", true), Some(Ok(())));
+        assert_eq!(probe.judge(b"", true), Some(Err(CheckFailure::Closed)));
+        assert_eq!(
+            probe.judge(b"SSH-2.0-OpenSSH_9.2\r\n", false),
+            Some(Err(CheckFailure::NotHttp("SSH-2.0-OpenSSH_9.2".to_owned())))
+        );
+        let only_204 = http(StatusRanges::from_ranges(vec![(204, 204)]));
+        assert_eq!(only_204.judge(b"HTTP/1.1 200 OK\r\n", false), Some(Err(CheckFailure::Status(200))));
+        // A line longer than anything read is no status line.
+        assert!(matches!(probe.judge(&[b'x'; MAX_REPLY], false), Some(Err(CheckFailure::NotHttp(_)))));
+    }
+
+    #[test]
+    fn send_expect_replies_are_judged_on_their_start() {
+        let probe = send_expect("+PONG");
+        assert_eq!(probe.request(), b"PING\r\n");
+        assert_eq!(probe.judge(b"+PONG\r\n", false), Some(Ok(())));
+        assert_eq!(probe.judge(b"+PO", false), None);
+        assert_eq!(probe.judge(b"+PO", true), Some(Err(CheckFailure::Closed)));
+        // Different from the first byte on: no need to wait for more.
+        assert_eq!(probe.judge(b"-E", false), Some(Err(CheckFailure::Unexpected("-E".to_owned()))));
+        assert_eq!(
+            probe.judge(b"-ERR unknown command\r\n", false),
+            Some(Err(CheckFailure::Unexpected("-ERR unknown command".to_owned())))
+        );
+        assert_eq!(probe.judge(b"", true), Some(Err(CheckFailure::Closed)));
+    }
+
     #[test]
     fn failures_read_as_log_reasons() {
         assert_eq!(connect_error_text(libc::ECONNREFUSED), "connect refused");
         assert_eq!(connect_error_text(libc::EHOSTUNREACH), "connect: No route to host");
+        assert_eq!(connect_failure(-libc::ENETUNREACH).to_string(), "connect: Network is unreachable");
+        assert_eq!(io_failure("read", -libc::ECONNRESET).to_string(), "read: Connection reset by peer");
         assert_eq!(CheckFailure::Timeout(Duration::from_secs(2)).to_string(), "timeout after 2s");
         assert_eq!(CheckFailure::Timeout(Duration::from_millis(300)).to_string(), "timeout after 300ms");
         assert_eq!(CheckFailure::Status(503).to_string(), "http status 503");
@@ -215,95 +253,5 @@ mod tests {
             CheckFailure::Unexpected(quote(b"-ERR unknown\r\n")).to_string(),
             r#"unexpected reply "-ERR unknown""#
         );
-    }
-}
-
-/// Each check against a real server on a loopback port.
-#[cfg(test)]
-mod socket_tests {
-    use std::time::Instant;
-
-    use tokio::net::TcpListener;
-
-    use super::*;
-
-    const SECOND: Duration = Duration::from_secs(1);
-
-    /// A server that reads one request, writes `reply`, and closes.
-    async fn server(reply: &'static [u8]) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let mut buf = [0u8; 1024];
-                let _ = stream.read(&mut buf).await;
-                let _ = stream.write_all(reply).await;
-            }
-        });
-        addr
-    }
-
-    fn http(expect_status: &str) -> Probe {
-        let ranges = match expect_status {
-            "200-399" => crate::config::DEFAULT_EXPECT_STATUS,
-            _ => StatusRanges::from_ranges(vec![(204, 204)]),
-        };
-        let check = HealthCheck::Http { path: "/".to_owned(), expect_status: ranges, host: None };
-        Probe::new(&check, "127.0.0.1:1").expect("probe")
-    }
-
-    fn send_expect(send: &str, expect: &str) -> Probe {
-        Probe::new(&HealthCheck::SendExpect { send: send.to_owned(), expect: expect.to_owned() }, "x:1").expect("probe")
-    }
-
-    #[tokio::test]
-    async fn tcp_passes_on_a_listener_and_fails_refused_on_a_closed_port() {
-        let addr = server(b"").await;
-        assert_eq!(run(&Probe::Tcp, addr, SECOND).await, Ok(()));
-        let closed = {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            listener.local_addr().expect("addr")
-        };
-        assert_eq!(run(&Probe::Tcp, closed, SECOND).await, Err(CheckFailure::Refused));
-    }
-
-    #[tokio::test]
-    async fn http_checks_the_status_against_expect_status() {
-        let ok = server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
-        let unavailable = server(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
-        let not_http = server(b"SSH-2.0-OpenSSH_9.2\r\n").await;
-        assert_eq!(run(&http("200-399"), ok, SECOND).await, Ok(()));
-        assert_eq!(run(&http("204"), ok, SECOND).await, Err(CheckFailure::Status(200)));
-        assert_eq!(run(&http("200-399"), unavailable, SECOND).await, Err(CheckFailure::Status(503)));
-        assert_eq!(
-            run(&http("200-399"), not_http, SECOND).await,
-            Err(CheckFailure::NotHttp("SSH-2.0-OpenSSH_9.2".to_owned()))
-        );
-    }
-
-    #[tokio::test]
-    async fn send_expect_compares_the_start_of_the_reply() {
-        let pong = server(b"+PONG\r\n").await;
-        let error = server(b"-ERR unknown command\r\n").await;
-        let short = server(b"+PO").await;
-        assert_eq!(run(&send_expect("PING\r\n", "+PONG"), pong, SECOND).await, Ok(()));
-        assert_eq!(
-            run(&send_expect("PING\r\n", "+PONG"), error, SECOND).await,
-            Err(CheckFailure::Unexpected("-ERR unknown command".to_owned()))
-        );
-        assert_eq!(run(&send_expect("PING\r\n", "+PONG"), short, SECOND).await, Err(CheckFailure::Closed));
-    }
-
-    #[tokio::test]
-    async fn a_server_that_never_answers_times_out_at_the_timeout() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        // Accepts (the kernel completes the handshake) and never answers.
-        let timeout = Duration::from_millis(200);
-        let started = Instant::now();
-        assert_eq!(run(&http("200-399"), addr, timeout).await, Err(CheckFailure::Timeout(timeout)));
-        let took = started.elapsed();
-        assert!(took >= timeout && took < timeout + Duration::from_millis(100), "{took:?}");
-        drop(listener);
     }
 }

@@ -13,13 +13,16 @@
 //! Operators drain, disable and enable servers through the same single writer: the admin API sends
 //! commands on a channel (`commands`) that the prober applies and publishes.
 //!
-//! Files: `state` (hysteresis, pure), `checks` (one check over one connection), `commands` (the
-//! operator commands and their channel), `prober` (the thread, the registry of every server's
-//! health, publishing and logging).
+//! Files: `state` (hysteresis, pure), `schedule` (when each server is checked, pure), `checks`
+//! (what each kind of check sends and how it judges the reply, pure), `ring` (the checks' I/O on
+//! one io_uring), `commands` (the operator commands and their channel), `prober` (the thread, the
+//! registry of every server's health, publishing and logging).
 
 mod checks;
 mod commands;
 mod prober;
+mod ring;
+mod schedule;
 mod state;
 
 pub use commands::{CommandError, ServerChange, ServerCommand, ServerControl};

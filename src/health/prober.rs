@@ -1,36 +1,42 @@
-//! The prober: one thread, `ringlb-prober`, running a single-threaded tokio runtime in which every
-//! checked server has its own small task, so all checks run concurrently. The thread owns every
-//! server's health and is the only writer of the backend table: whenever a server changes state it
-//! publishes one new immutable snapshot holding everything, then logs the transition once.
+//! The prober: one thread, `ringlb-prober`, that checks every server and owns every server's
+//! health. It runs an event loop on its own io_uring (see `ring`): every tick (see `schedule`) it
+//! starts the checks that are due, and all checks in flight proceed concurrently as the kernel
+//! completes their operations. It is the only writer of the backend table: whenever a server
+//! changes state it publishes one new immutable snapshot holding everything, then logs the
+//! transition once.
 //!
-//! Why tokio on epoll rather than tokio-uring: tokio-uring 0.5 does not cancel an operation whose
-//! future is dropped, and the socket stays open until the kernel completes it. A timed-out check
-//! of a server that drops SYNs would hold its socket for the kernel's whole SYN retry time (about
-//! two minutes), one more every interval; 1,000 such servers checked every second would need far
-//! more descriptors than this process may open. With tokio, dropping a check closes its socket at
-//! once. tokio-uring would also pull in second copies of io-uring and socket2. A check is a
-//! handful of system calls, far from the data path's volume, so epoll costs nothing that matters
-//! here (see bench/README.md, "Health prober cost").
+//! Why its own io_uring rather than an async runtime. tokio-uring 0.5 does not cancel an
+//! operation whose future is dropped, and the socket stays open until the kernel completes it: a
+//! timed-out check of a server that drops SYNs would hold its socket for the kernel's whole SYN
+//! retry time (about two minutes), one that accepts and never answers until the server closes;
+//! 1,000 such servers checked every second would need far more descriptors than this process may
+//! open. tokio on epoll cancels properly, but costs more than the budget allows: with 1,000
+//! servers checked every second it measured 5.2-5.6 % of a core against about 4 % for the same
+//! checks as io_uring chains, where the kernel's TCP work alone is 3.5-4 % (bench/README.md,
+//! "Health prober cost"). Here every step carries a link timeout, so the kernel cancels what
+//! overruns and the socket (a direct descriptor, outside the process descriptor limit) is closed
+//! at once.
 //!
 //! Live traffic reports connect outcomes through a bounded channel (see `table`); the prober
-//! drains it every `PASSIVE_DRAIN`. Operator commands arrive on another channel (see `commands`)
-//! and are answered once published. The prober never blocks the workers and never touches a
+//! drains it every tick. Operator commands and reloads arrive on channels of their own, read every
+//! tick, and are answered once published. The prober never blocks the workers and never touches a
 //! connection. It records each check's duration and each transition in the server's metric block.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::channel::Receiver;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
-use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{error, info, warn};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
 
 use super::checks::{self, CheckFailure, Probe};
 use super::commands::{AdminState, CommandError, Request, ServerChange, ServerCommand, ServerControl};
+use super::ring::{CheckRing, Event, Target};
+use super::schedule::{self, Rng, Schedule};
 use super::state::{Health, ServerHealth, Thresholds};
 use crate::config::{Config, HealthCheck, InitialState, OnAllDown};
 use crate::metrics::{HealthView, Metrics};
@@ -38,24 +44,17 @@ use crate::table::{
     BackendTable, ConnectOutcome, ConnectReport, PassiveReports, PoolHandles, ServerState, SharedTable, TableError,
 };
 
-/// How often the passive-report channel is drained: the longest a failure seen by traffic waits
-/// before it counts.
-const PASSIVE_DRAIN: Duration = Duration::from_millis(10);
-/// Capacity of the passive-report channel: a `PASSIVE_DRAIN` worth of connects at over 1.6
-/// million per second. Beyond it reports are dropped, never waited for.
+/// Capacity of the passive-report channel, which is drained every tick: a tick's worth of
+/// connects at over 1.6 million per second. Beyond it reports are dropped, never waited for.
 const PASSIVE_CAPACITY: usize = 16 * 1024;
-/// Each wait between two checks of a server is shortened by a random fraction up to this, so
-/// that the checks of many servers spread out and never line up again, while no wait exceeds
-/// `interval` (which keeps `fall x interval + timeout` a bound on detection).
-const JITTER: f64 = 0.1;
 /// The first version published with the server list of the configuration. Reports about an
 /// older version would name servers by indices of another list (a reload raises this).
 const FIRST_VERSION: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    #[error("health prober: cannot build its runtime: {0}")]
-    Runtime(io::Error),
+    #[error("health prober: cannot set up its io_uring: {0}")]
+    Ring(io::Error),
     #[error("health prober: cannot start its thread: {0}")]
     Spawn(io::Error),
     #[error("{0}")]
@@ -69,13 +68,14 @@ pub struct Prober {
     registry: Registry,
     reports: Receiver<ConnectReport>,
     checks: Vec<CheckSpec>,
+    targets: Vec<Target>,
     commands: mpsc::Receiver<Request>,
     control: ServerControl,
 }
 
 /// The running prober thread; stopped by [`RunningProber::stop`] or on drop.
 pub struct RunningProber {
-    stop: Option<oneshot::Sender<()>>,
+    stop: Arc<AtomicBool>,
     reload: mpsc::UnboundedSender<ReloadRequest>,
     thread: Option<JoinHandle<()>>,
 }
@@ -86,14 +86,11 @@ type ReloadRequest = (Config, std::sync::mpsc::Sender<Result<(), String>>);
 /// How long `RunningProber::reload` waits for the prober to publish.
 const RELOAD_WAIT: Duration = Duration::from_secs(5);
 
-/// One server's checks.
+/// Which server check `i` (`targets[i]` in the ring) is for, and how often it runs.
 struct CheckSpec {
     pool: usize,
     server: usize,
-    probe: Probe,
-    addr: std::net::SocketAddr,
     interval: Duration,
-    timeout: Duration,
 }
 
 /// One finished check.
@@ -109,9 +106,9 @@ impl Prober {
     pub fn new(config: &Config, metrics: &Arc<Metrics>) -> Result<Prober, HealthError> {
         let (sender, reports) = crossbeam::channel::bounded(PASSIVE_CAPACITY);
         let registry = Registry::new(config, PassiveReports::new(sender), metrics)?;
-        let checks = check_specs(config);
+        let (checks, targets) = check_specs(config);
         let (control, commands) = ServerControl::channel();
-        Ok(Prober { registry, reports, checks, commands, control })
+        Ok(Prober { registry, reports, checks, targets, commands, control })
     }
 
     /// The table the prober writes and the workers read.
@@ -126,8 +123,6 @@ impl Prober {
 
     /// Starts the `ringlb-prober` thread.
     pub fn spawn(self) -> Result<RunningProber, HealthError> {
-        let runtime =
-            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(HealthError::Runtime)?;
         for (pool, config) in self.registry.config.pools.iter().enumerate() {
             let checked = self.checks.iter().filter(|c| c.pool == pool).count();
             info!("pool {}: {}", config.name, describe(config, checked));
@@ -135,81 +130,173 @@ impl Prober {
                 warn!("pool {}: every server is down until its checks pass; {}", config.name, all_down_policy(config));
             }
         }
-        let (stop, stopped) = oneshot::channel();
+        let stop = Arc::new(AtomicBool::new(false));
         let (reload, reloads) = mpsc::unbounded_channel();
+        // The ring is made on the thread that uses it: it is set up for a single issuer.
+        let (ready, ring_made) = std::sync::mpsc::channel();
+        let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("ringlb-prober".to_owned())
-            .spawn(move || runtime.block_on(self.run(stopped, reloads)))
+            .spawn(move || {
+                let Prober { registry, reports, checks, targets, commands, control } = self;
+                // Commands come from the admin API's clones; this one only keeps the channel open.
+                drop(control);
+                match Checks::new(checks, targets) {
+                    Ok(checks) => {
+                        let _ = ready.send(Ok(()));
+                        let channels = Channels { reports, commands, reloads };
+                        run(registry, channels, checks, &stopped);
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                }
+            })
             .map_err(HealthError::Spawn)?;
-        Ok(RunningProber { stop: Some(stop), reload, thread: Some(thread) })
-    }
-
-    async fn run(self, mut stop: oneshot::Receiver<()>, mut reloads: mpsc::UnboundedReceiver<ReloadRequest>) {
-        let Prober { mut registry, reports, checks, mut commands, control } = self;
-        // Commands come from the admin API's clones; this one only keeps the channel open.
-        drop(control);
-        let mut rng = Rng::from_clock();
-        let mut tasks = JoinSet::new();
-        let mut results = start_checks(checks, &mut tasks, &mut rng);
-        let mut any_checks = !tasks.is_empty();
-        let mut any_passive = registry.handles.iter().any(|h| h.passive.is_some());
-        let mut drain = tokio::time::interval(PASSIVE_DRAIN);
-        drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut replies = Vec::new();
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                Some(request) = commands.recv() => {
-                    replies.push(registry.on_command(request));
-                    while let Ok(next) = commands.try_recv() {
-                        replies.push(registry.on_command(next));
-                    }
-                }
-                Some((config, ack)) = reloads.recv() => {
-                    // Publish everything the current checks found first, then switch.
-                    registry.publish();
-                    let outcome = registry.reload(&config).map_err(|e| e.to_string());
-                    if outcome.is_ok() {
-                        tasks.shutdown().await;
-                        results = start_checks(check_specs(&config), &mut tasks, &mut rng);
-                        any_checks = !tasks.is_empty();
-                        any_passive = registry.handles.iter().any(|h| h.passive.is_some());
-                        // Reports about the old snapshot are ignored from now on.
-                        while reports.try_recv().is_ok() {}
-                    }
-                    let _ = ack.send(outcome);
-                }
-                Some(first) = results.recv(), if any_checks => {
-                    registry.on_check(first);
-                    while let Ok(next) = results.try_recv() {
-                        registry.on_check(next);
-                    }
-                }
-                _ = drain.tick(), if any_passive => {
-                    while let Ok(report) = reports.try_recv() {
-                        registry.on_report(report);
-                    }
-                }
-            }
-            registry.publish();
-            // Answered after the publish: the caller sees its change in effect.
-            for (reply, result) in replies.drain(..) {
-                let _ = reply.send(result);
+        let mut running = RunningProber { stop, reload, thread: Some(thread) };
+        match ring_made.recv() {
+            Ok(Ok(())) => Ok(running),
+            Ok(Err(e)) => Err(HealthError::Ring(e)),
+            Err(_) => {
+                running.stop_and_join();
+                Err(HealthError::Ring(io::Error::other("the prober thread ended during set-up")))
             }
         }
-        tasks.shutdown().await;
     }
 }
 
-/// Spawns one check loop per spec, each starting at a random point of its interval.
-fn start_checks(checks: Vec<CheckSpec>, tasks: &mut JoinSet<()>, rng: &mut Rng) -> mpsc::Receiver<CheckDone> {
-    // Every task has at most one result in flight, so sends never wait.
-    let (done, results) = mpsc::channel(checks.len().max(1));
-    for spec in checks {
-        let first = spec.interval.mul_f64(rng.fraction());
-        tasks.spawn(check_loop(spec, first, Rng::new(rng.next()), done.clone()));
+/// What reaches the prober thread from outside.
+struct Channels {
+    reports: Receiver<ConnectReport>,
+    commands: mpsc::Receiver<Request>,
+    reloads: mpsc::UnboundedReceiver<ReloadRequest>,
+}
+
+/// The checks of one configuration: their ring (none when nothing is checked), their schedule,
+/// and which server each is for.
+struct Checks {
+    specs: Vec<CheckSpec>,
+    ring: Option<CheckRing>,
+    schedule: Schedule,
+    /// The tick each check was due at when it last started.
+    due: Vec<u64>,
+    /// Tick 0.
+    origin: Instant,
+    tick: Duration,
+}
+
+impl Checks {
+    fn new(specs: Vec<CheckSpec>, targets: Vec<Target>) -> io::Result<Checks> {
+        let ring = if targets.is_empty() { None } else { Some(CheckRing::new(targets)?) };
+        let tick = schedule::tick(specs.iter().map(|c| c.interval));
+        let periods = specs.iter().map(|c| schedule::period_ticks(c.interval, tick)).collect();
+        let schedule = Schedule::new(periods, &mut Rng::from_clock());
+        Ok(Checks { due: vec![0; specs.len()], specs, ring, schedule, origin: Instant::now(), tick })
     }
-    results
+
+    fn tick_now(&self) -> u64 {
+        (self.origin.elapsed().as_nanos() / self.tick.as_nanos()) as u64
+    }
+
+    fn instant_of(&self, tick: u64) -> Instant {
+        self.origin + Duration::from_nanos((self.tick.as_nanos() as u64).saturating_mul(tick))
+    }
+
+    fn start(&mut self, check: usize, due: u64) {
+        self.due[check] = due;
+        if let Some(ring) = self.ring.as_mut() {
+            ring.start(check);
+        }
+    }
+
+    /// Starts every check due by tick `now`.
+    fn start_due(&mut self, now: u64) {
+        while let Some((check, due)) = self.schedule.pop_due(now) {
+            self.start(check, due);
+        }
+    }
+
+    /// Check `check` has nothing in flight any more: schedule it, or start it again at once.
+    fn idle(&mut self, check: usize) {
+        if let Some(now) = self.schedule.finished(check, self.due[check], self.tick_now()) {
+            self.start(check, now);
+        }
+    }
+
+    fn wait(&mut self, until: Instant, events: &mut Vec<Event>) -> io::Result<()> {
+        match self.ring.as_mut() {
+            Some(ring) => ring.wait(until, events),
+            None => {
+                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The prober thread: ticks, checks, passive reports, commands, reloads, publishing; until `stop`
+/// (seen within a tick).
+fn run(mut registry: Registry, channels: Channels, mut checks: Checks, stop: &AtomicBool) {
+    let Channels { reports, mut commands, mut reloads } = channels;
+    let mut events = Vec::new();
+    let mut replies = Vec::new();
+    let mut next_tick = 0;
+    let mut wait_failed = false;
+    while !stop.load(Ordering::Relaxed) {
+        if checks.tick_now() >= next_tick {
+            while let Ok(request) = commands.try_recv() {
+                replies.push(registry.on_command(request));
+            }
+            while let Ok((config, ack)) = reloads.try_recv() {
+                let outcome = reload(&mut registry, &config).map(|new| {
+                    // The old ring goes, and with it every check in flight.
+                    checks = new;
+                    // Reports about the old snapshot are ignored from now on.
+                    while reports.try_recv().is_ok() {}
+                });
+                let _ = ack.send(outcome);
+            }
+            let now = checks.tick_now();
+            checks.start_due(now);
+            while let Ok(report) = reports.try_recv() {
+                registry.on_report(report);
+            }
+            next_tick = now + 1;
+        }
+        if let Err(e) = checks.wait(checks.instant_of(next_tick), &mut events) {
+            if !wait_failed {
+                error!("health checks: io_uring wait failed: {e}");
+                wait_failed = true;
+            }
+            std::thread::sleep(checks.instant_of(next_tick).saturating_duration_since(Instant::now()));
+        }
+        for event in events.drain(..) {
+            match event {
+                Event::Done { check, result, took } => {
+                    let CheckSpec { pool, server, .. } = checks.specs[check];
+                    registry.on_check(CheckDone { pool, server, result, took });
+                }
+                Event::Idle { check } => checks.idle(check),
+            }
+        }
+        registry.publish();
+        // Answered after the publish: the caller sees its change in effect.
+        for (reply, result) in replies.drain(..) {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Switches `registry` to `config` and returns the checks of the new configuration; on error
+/// nothing changes.
+fn reload(registry: &mut Registry, config: &Config) -> Result<Checks, String> {
+    // Publish everything the current checks found first.
+    registry.publish();
+    let (specs, targets) = check_specs(config);
+    // The new ring first: when it cannot be made, the registry is left as it was.
+    let checks = Checks::new(specs, targets).map_err(|e| format!("health checks: cannot set up io_uring: {e}"))?;
+    registry.reload(config).map_err(|e| e.to_string())?;
+    Ok(checks)
 }
 
 impl RunningProber {
@@ -230,10 +317,7 @@ impl RunningProber {
     }
 
     fn stop_and_join(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            // An error means the thread is gone already; the join below says how.
-            let _ = stop.send(());
-        }
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
                 error!("health prober thread panicked");
@@ -245,21 +329,6 @@ impl RunningProber {
 impl Drop for RunningProber {
     fn drop(&mut self) {
         self.stop_and_join();
-    }
-}
-
-/// Checks one server every `interval` (less jitter), forever; the first check after `first`.
-async fn check_loop(spec: CheckSpec, first: Duration, mut rng: Rng, done: mpsc::Sender<CheckDone>) {
-    let mut next = Instant::now() + first;
-    loop {
-        tokio::time::sleep_until(next).await;
-        let started = Instant::now();
-        let result = checks::run(&spec.probe, spec.addr, spec.timeout).await;
-        let took = started.elapsed();
-        if done.send(CheckDone { pool: spec.pool, server: spec.server, result, took }).await.is_err() {
-            return;
-        }
-        next = started + spec.interval.mul_f64(1.0 - JITTER * rng.fraction());
     }
 }
 
@@ -332,17 +401,17 @@ fn records(
     (handles, pools)
 }
 
-/// One check loop per checked server of `config`.
-fn check_specs(config: &Config) -> Vec<CheckSpec> {
-    let mut checks = Vec::new();
+/// One check per checked server of `config`, and what each does.
+fn check_specs(config: &Config) -> (Vec<CheckSpec>, Vec<Target>) {
+    let (mut checks, mut targets) = (Vec::new(), Vec::new());
     for (p, pool) in config.pools.iter().enumerate() {
         for (s, server) in pool.servers.iter().enumerate().filter(|(_, server)| server.check) {
             let Some(probe) = Probe::new(&pool.health.check, &server.addr) else { continue };
-            let (interval, timeout) = (pool.health.interval, pool.health.timeout);
-            checks.push(CheckSpec { pool: p, server: s, probe, addr: server.check_addr(), interval, timeout });
+            checks.push(CheckSpec { pool: p, server: s, interval: pool.health.interval });
+            targets.push(Target { probe, addr: server.check_addr().into(), timeout: pool.health.timeout });
         }
     }
-    checks
+    (checks, targets)
 }
 
 /// What new clients of `pool` get while every server is down.
@@ -496,6 +565,11 @@ impl Registry {
         record.last_check = Some(took);
         if let Some(stats) = self.handles.get(p).and_then(|h| h.servers.get(s)) {
             stats.record_check(took);
+        }
+        if let Err(failure) = &result {
+            // Every failure, also those that do not (yet) change the state: RUST_LOG=debug.
+            let (pool, server) = (&self.config.pools[p].name, &self.config.pools[p].servers[s].name);
+            debug!("pool {pool} server {server}: check failed: {failure}; took {:.1}ms", took.as_secs_f64() * 1000.0);
         }
         if record.admin == AdminState::Disabled {
             return;
@@ -660,34 +734,6 @@ fn initial_health(pool: &crate::config::PoolConfig, checked: bool) -> Health {
     match pool.health.initial_state {
         InitialState::Down if checked => Health::Down,
         _ => Health::Up,
-    }
-}
-
-/// xorshift64*: enough randomness to spread checks, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed | 1)
-    }
-
-    fn from_clock() -> Rng {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        Rng::new(nanos as u64 ^ (u64::from(std::process::id()) << 32))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in [0, 1).
-    fn fraction(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -930,11 +976,25 @@ mod tests {
     }
 
     #[test]
-    fn jitter_fractions_stay_in_range_and_vary() {
-        let mut rng = Rng::new(42);
-        let fractions: Vec<f64> = (0..1000).map(|_| rng.fraction()).collect();
-        assert!(fractions.iter().all(|f| (0.0..1.0).contains(f)));
-        let low = fractions.iter().filter(|&&f| f < 0.5).count();
-        assert!((400..600).contains(&low), "{low} of 1000 below 0.5");
+    fn the_running_prober_takes_a_dead_server_down_and_stops_on_request() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a closed port");
+        let alive = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let text = format!(
+            "[listeners.web]\nbind = \"127.0.0.1:0\"\npool = \"web\"\n[pools.web.health]\ninterval = \"20ms\"\n\
+             fall = 1\n[[pools.web.servers]]\naddr = \"{dead}\"\n[[pools.web.servers]]\naddr = \"{}\"\n",
+            alive.local_addr().expect("addr")
+        );
+        let config = crate::config::parse(&text, Path::new("x.toml")).expect("valid");
+        let prober = prober(&config);
+        let table = prober.table();
+        let running = prober.spawn().expect("spawn");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while states(&table, 0) != [Down, Up] {
+            assert!(Instant::now() < deadline, "still {:?}", states(&table, 0));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let version = table.load().version;
+        running.stop();
+        assert_eq!(table.load().version, version, "nothing published after the stop");
     }
 }

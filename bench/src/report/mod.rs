@@ -145,7 +145,7 @@ fn ratios(res: &Results, md: &mut String) {
             if cells.iter().all(|c| c == "–") {
                 continue;
             }
-            let _ = write!(md, "| {} | {} |", describe(first), m.header());
+            let _ = write!(md, "| {} | {} |", describe(first), header(res, w, m));
             for c in cells {
                 let _ = write!(md, " {c} |");
             }
@@ -153,6 +153,15 @@ fn ratios(res: &Results, md: &mut String) {
         }
     }
     md.push('\n');
+}
+
+/// A short column header; the CPU figure's header names its unit (per million requests or
+/// connections, or per GB).
+fn header(res: &Results, w: &str, m: Metric) -> String {
+    match (m, res.cpu_unit(w)) {
+        (Metric::Cpu, Some(u)) if u.ends_with("per GB") => "CPU s/GB".into(),
+        _ => m.header().to_string(),
+    }
 }
 
 fn details(res: &Results, w: &str, md: &mut String) {
@@ -165,7 +174,7 @@ fn details(res: &Results, w: &str, md: &mut String) {
     let _ = writeln!(md, "### {w}: {} ({rounds} round{plural})\n", describe(first));
     let _ = write!(md, "| target |");
     for m in &cols {
-        let _ = write!(md, " {} |", m.header());
+        let _ = write!(md, " {} |", header(res, w, *m));
     }
     md.push_str("\n|---|");
     for _ in &cols {
