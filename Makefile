@@ -2,7 +2,7 @@
 #
 #   make build   release build
 #   make run     two demo backends on 127.0.0.1:9001/9002 and ringlb in front (Ctrl-C stops all)
-#   make test    every test of the workspace, release build
+#   make test    every test of the workspace, release build (and, as root, tests/ha/)
 #   make lint    rustfmt check and clippy with warnings denied
 #   make clean   remove build output
 
@@ -31,8 +31,13 @@ run: build
 	"$(RINGLB)" demo-backend --bind 127.0.0.1:9002 --name demo2 & pids+=($$!); \
 	"$(RINGLB)" run -c "$(CONFIG)"
 
+# As root (CI is), the high-availability scenarios too (tests/ha/, ~8 minutes); both parts run
+# whatever the other's outcome.
 test:
-	$(CARGO) test --workspace --release --no-fail-fast
+	@rc=0; \
+	$(CARGO) test --workspace --release --no-fail-fast || rc=$$?; \
+	$(MAKE) --no-print-directory test-ha-if-root || rc=$$?; \
+	exit $$rc
 
 lint:
 	$(CARGO) fmt --all -- --check

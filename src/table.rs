@@ -104,11 +104,6 @@ impl ServerEntry {
             0
         }
     }
-
-    /// Set aside by an operator (drained or disabled): never picked, even when failing open.
-    pub fn set_aside(&self) -> bool {
-        matches!(self.state, ServerState::Draining | ServerState::Disabled)
-    }
 }
 
 /// Clients of one pool that found every server down, over the life of the process.
@@ -177,16 +172,6 @@ impl PoolHandles {
 }
 
 impl PoolTable {
-    /// Whether server `index` may get a new connection: a usable server, or, when every server is
-    /// down and the pool fails open, any server an operator has not drained.
-    pub fn eligible(&self, index: usize) -> bool {
-        let Some(server) = self.servers.get(index) else { return false };
-        if !self.all_down {
-            return server.usable();
-        }
-        self.on_all_down == OnAllDown::FailOpen && !server.set_aside() && server.weight > 0
-    }
-
     /// Counts a new client that found every server down (call once per client).
     pub fn count_all_down(&self) {
         let counter = match self.on_all_down {
@@ -198,12 +183,6 @@ impl PoolTable {
 }
 
 impl BackendTable {
-    /// Every server up, no passive detection: the table of a process without a prober.
-    pub fn from_config(config: &Config) -> Result<BackendTable, TableError> {
-        let handles = vec![PoolHandles::default(); config.pools.len()];
-        BackendTable::build(config, 0, &handles, None, |_, _| (ServerState::Up, None))
-    }
-
     /// A snapshot of `config`'s pools with `handles[pool]` and `status(pool, server)` (state, and
     /// when the server last came up, for slow start). Each pool's balancer carries the connection
     /// counts of `previous`'s pool of the same name over to the new snapshot.
@@ -309,7 +288,10 @@ pub type SharedTable = Arc<ArcSwap<BackendTable>>;
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
     use std::path::Path;
+
+    use crate::balance::{ExcludeSet, Pick, WorkerBalanceState};
 
     use super::*;
 
@@ -327,8 +309,19 @@ mod tests {
         BackendTable::build(&config(on_all_down), 1, &handles, None, |_, s| (states[s], None)).expect("valid pool")
     }
 
+    /// The servers the pool's balancer hands new connections to (each picked once, then
+    /// excluded), as a mask in config order.
     fn eligible(table: &BackendTable) -> Vec<bool> {
-        (0..3).map(|s| table.pools[0].eligible(s)).collect()
+        let pool = &table.pools[0];
+        let mut worker = WorkerBalanceState::new(0);
+        let mut tried = ExcludeSet::new();
+        let client = IpAddr::from([192, 0, 2, 1]);
+        let now = Instant::now();
+        while let Pick::Server(server) = pool.balancer.select(&mut worker, client, &tried, now) {
+            pool.balancer.release(server, now);
+            assert!(tried.insert(server), "picked twice: {server}");
+        }
+        (0..pool.servers.len()).map(|s| tried.contains(s)).collect()
     }
 
     #[test]
@@ -352,7 +345,6 @@ mod tests {
         let t = table("fail-open", [Down, Disabled, Draining]);
         assert!(t.pools[0].all_down);
         assert_eq!(eligible(&t), [true, false, false]);
-        assert!(!t.pools[0].eligible(3), "out of range");
     }
 
     #[test]

@@ -133,7 +133,7 @@ pub struct Worker {
     pub(super) parked: VecDeque<(usize, u32, SocketAddr)>,
     /// Flows parked until a pipe or buffer frees up: (slot, gen, direction).
     pub pipe_waiters: VecDeque<(u32, u32, usize)>,
-    /// Balancing state of this worker, per pool index.
+    /// Balancing state of this worker, per pool index (grown by `pick` as pools appear).
     pub balance: Vec<crate::balance::WorkerBalanceState>,
     /// Clients waiting for a server slot: (slot, gen).
     pub queue: VecDeque<(u32, u32)>,
@@ -188,7 +188,6 @@ impl Worker {
         let mut iowq = [IOWQ_BOUNDED, IOWQ_UNBOUNDED];
         submitter.register_iowq_max_workers(&mut iowq)?;
         debug!(worker = spec.id, conns = layout.conns, pipes = layout.pipes, table = layout.table_size(), "ring ready");
-        let pools = spec.table.load().pools.len();
         let now = Instant::now();
         Ok(Worker {
             id: spec.id,
@@ -208,7 +207,7 @@ impl Worker {
             live: 0,
             parked: VecDeque::new(),
             pipe_waiters: VecDeque::new(),
-            balance: (0..pools).map(|_| crate::balance::WorkerBalanceState::new(spec.id as u64)).collect(),
+            balance: Vec::new(),
             queue: VecDeque::new(),
             now,
             shutting_down: None,

@@ -26,6 +26,23 @@ pub struct Def {
     pub help: &'static str,
 }
 
+const fn counter(name: &'static str, labels: &'static [&'static str], help: &'static str) -> Def {
+    Def { name, kind: Kind::Counter, labels, help }
+}
+
+const fn gauge(name: &'static str, labels: &'static [&'static str], help: &'static str) -> Def {
+    Def { name, kind: Kind::Gauge, labels, help }
+}
+
+const fn histogram(
+    name: &'static str,
+    bounds: &'static [u64; HISTOGRAM_BOUNDS],
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> Def {
+    Def { name, kind: Kind::Histogram(bounds), labels, help }
+}
+
 const MS: u64 = 1_000;
 const S: u64 = 1_000_000;
 
@@ -39,207 +56,162 @@ pub const CHECK_DURATION_BOUNDS: [u64; HISTOGRAM_BOUNDS] =
 
 // ---- per listener ----
 
-pub const LISTENER_ACCEPTED: Def = Def {
-    name: "ringlb_listener_connections_accepted_total",
-    kind: Kind::Counter,
-    labels: &["listener"],
-    help: "Client connections accepted on the listener.",
-};
+pub const LISTENER_ACCEPTED: Def = counter(
+    "ringlb_listener_connections_accepted_total",
+    &["listener"],
+    "Client connections accepted on the listener.",
+);
 
-pub const LISTENER_ACTIVE: Def = Def {
-    name: "ringlb_listener_connections_active",
-    kind: Kind::Gauge,
-    labels: &["listener"],
-    help: "Client connections accepted on the listener and not yet closed (including those waiting for a slot \
-           under max_connections).",
-};
+pub const LISTENER_ACTIVE: Def = gauge(
+    "ringlb_listener_connections_active",
+    &["listener"],
+    "Client connections accepted on the listener and not yet closed (including those waiting for a slot \
+        under max_connections).",
+);
 
-pub const LISTENER_CLOSED: Def = Def {
-    name: "ringlb_listener_connections_closed_total",
-    kind: Kind::Counter,
-    labels: &["listener", "cause"],
-    help: "Client connections closed, by cause: done (both sides finished), no_server, queue_timeout, \
-           connect_failed, client_error, backend_error, idle_timeout, shutdown.",
-};
+pub const LISTENER_CLOSED: Def = counter(
+    "ringlb_listener_connections_closed_total",
+    &["listener", "cause"],
+    "Client connections closed, by cause: done (both sides finished), no_server, queue_timeout, \
+        connect_failed, client_error, backend_error, idle_timeout, shutdown.",
+);
 
-pub const LISTENER_ACCEPT_ERRORS: Def = Def {
-    name: "ringlb_listener_accept_errors_total",
-    kind: Kind::Counter,
-    labels: &["listener", "errno"],
-    help: "Failed accepts, by errno (EMFILE, ENFILE, ENOMEM and ENOBUFS pause accepting for 100 ms).",
-};
+pub const LISTENER_ACCEPT_ERRORS: Def = counter(
+    "ringlb_listener_accept_errors_total",
+    &["listener", "errno"],
+    "Failed accepts, by errno (EMFILE, ENFILE, ENOMEM and ENOBUFS pause accepting for 100 ms).",
+);
 
 // ---- per server ----
 
-pub const SERVER_ACTIVE: Def = Def {
-    name: "ringlb_server_connections_active",
-    kind: Kind::Gauge,
-    labels: &["pool", "server"],
-    help: "Proxied connections open to the server.",
-};
+pub const SERVER_ACTIVE: Def =
+    gauge("ringlb_server_connections_active", &["pool", "server"], "Proxied connections open to the server.");
 
-pub const SERVER_CONNECTIONS: Def = Def {
-    name: "ringlb_server_connections_total",
-    kind: Kind::Counter,
-    labels: &["pool", "server"],
-    help: "Connections established to the server.",
-};
+pub const SERVER_CONNECTIONS: Def =
+    counter("ringlb_server_connections_total", &["pool", "server"], "Connections established to the server.");
 
-pub const SERVER_CONNECT_FAILURES: Def = Def {
-    name: "ringlb_server_connect_failures_total",
-    kind: Kind::Counter,
-    labels: &["pool", "server", "cause"],
-    help: "Failed connects to the server, by cause: refused, timeout, reset, other.",
-};
+pub const SERVER_CONNECT_FAILURES: Def = counter(
+    "ringlb_server_connect_failures_total",
+    &["pool", "server", "cause"],
+    "Failed connects to the server, by cause: refused, timeout, reset, other.",
+);
 
-pub const SERVER_RETRIES: Def = Def {
-    name: "ringlb_server_retries_total",
-    kind: Kind::Counter,
-    labels: &["pool", "server"],
-    help: "Connect attempts to the server that retried a client whose connect to another server failed.",
-};
+pub const SERVER_RETRIES: Def = counter(
+    "ringlb_server_retries_total",
+    &["pool", "server"],
+    "Connect attempts to the server that retried a client whose connect to another server failed.",
+);
 
-pub const SERVER_BYTES: Def = Def {
-    name: "ringlb_server_bytes_total",
-    kind: Kind::Counter,
-    labels: &["pool", "server", "direction"],
-    help: "Bytes delivered through connections to the server, by direction: client_to_backend, \
-           backend_to_client.",
-};
+pub const SERVER_BYTES: Def = counter(
+    "ringlb_server_bytes_total",
+    &["pool", "server", "direction"],
+    "Bytes delivered through connections to the server, by direction: client_to_backend, \
+        backend_to_client.",
+);
 
-pub const SERVER_STATE: Def = Def {
-    name: "ringlb_server_state",
-    kind: Kind::Gauge,
-    labels: &["pool", "server", "state"],
-    help: "1 for the server's current state (up, down, draining, disabled), 0 for the others.",
-};
+pub const SERVER_STATE: Def = gauge(
+    "ringlb_server_state",
+    &["pool", "server", "state"],
+    "1 for the server's current state (up, down, draining, disabled), 0 for the others.",
+);
 
-pub const SERVER_HEALTHY: Def = Def {
-    name: "ringlb_server_healthy",
-    kind: Kind::Gauge,
-    labels: &["pool", "server"],
-    help: "1 when the health checks say the server is up, whatever an operator set; frozen while disabled.",
-};
+pub const SERVER_HEALTHY: Def = gauge(
+    "ringlb_server_healthy",
+    &["pool", "server"],
+    "1 when the health checks say the server is up, whatever an operator set; frozen while disabled.",
+);
 
-pub const SERVER_WEIGHT: Def = Def {
-    name: "ringlb_server_effective_weight",
-    kind: Kind::Gauge,
-    labels: &["pool", "server"],
-    help: "The server's weight for new connections: its configured weight while up, else 0.",
-};
+pub const SERVER_WEIGHT: Def = gauge(
+    "ringlb_server_effective_weight",
+    &["pool", "server"],
+    "The server's weight for new connections: its configured weight while up, else 0.",
+);
 
-pub const SERVER_CHECK_DURATION: Def = Def {
-    name: "ringlb_server_check_duration_seconds",
-    kind: Kind::Histogram(&CHECK_DURATION_BOUNDS),
-    labels: &["pool", "server"],
-    help: "How long each active health check of the server took (a timed-out check counts its timeout).",
-};
+pub const SERVER_CHECK_DURATION: Def = histogram(
+    "ringlb_server_check_duration_seconds",
+    &CHECK_DURATION_BOUNDS,
+    &["pool", "server"],
+    "How long each active health check of the server took (a timed-out check counts its timeout).",
+);
 
-pub const SERVER_TRANSITIONS: Def = Def {
-    name: "ringlb_server_health_transitions_total",
-    kind: Kind::Counter,
-    labels: &["pool", "server", "to"],
-    help: "Changes of the server's health (checks or passive detection), by the health entered: up, down.",
-};
+pub const SERVER_TRANSITIONS: Def = counter(
+    "ringlb_server_health_transitions_total",
+    &["pool", "server", "to"],
+    "Changes of the server's health (checks or passive detection), by the health entered: up, down.",
+);
 
 // ---- per pool ----
 
-pub const POOL_CONNECTION_DURATION: Def = Def {
-    name: "ringlb_pool_connection_duration_seconds",
-    kind: Kind::Histogram(&CONNECTION_DURATION_BOUNDS),
-    labels: &["pool"],
-    help: "Lifetime of the pool's client connections, from accept to close.",
-};
+pub const POOL_CONNECTION_DURATION: Def = histogram(
+    "ringlb_pool_connection_duration_seconds",
+    &CONNECTION_DURATION_BOUNDS,
+    &["pool"],
+    "Lifetime of the pool's client connections, from accept to close.",
+);
 
-pub const POOL_QUEUE_WAITS: Def = Def {
-    name: "ringlb_pool_queue_waits_total",
-    kind: Kind::Counter,
-    labels: &["pool"],
-    help: "Clients that waited in the pool's queue because every usable server was at its max_connections.",
-};
+pub const POOL_QUEUE_WAITS: Def = counter(
+    "ringlb_pool_queue_waits_total",
+    &["pool"],
+    "Clients that waited in the pool's queue because every usable server was at its max_connections.",
+);
 
-pub const POOL_QUEUE_TIMEOUTS: Def = Def {
-    name: "ringlb_pool_queue_timeouts_total",
-    kind: Kind::Counter,
-    labels: &["pool"],
-    help: "Clients closed after waiting queue_timeout in the pool's queue without a server.",
-};
+pub const POOL_QUEUE_TIMEOUTS: Def = counter(
+    "ringlb_pool_queue_timeouts_total",
+    &["pool"],
+    "Clients closed after waiting queue_timeout in the pool's queue without a server.",
+);
 
-pub const POOL_ALL_DOWN_CLIENTS: Def = Def {
-    name: "ringlb_pool_all_down_clients_total",
-    kind: Kind::Counter,
-    labels: &["pool", "action"],
-    help: "Clients that arrived while every server of the pool was down, by what they got (on_all_down): \
-           rejected, failed_open.",
-};
+pub const POOL_ALL_DOWN_CLIENTS: Def = counter(
+    "ringlb_pool_all_down_clients_total",
+    &["pool", "action"],
+    "Clients that arrived while every server of the pool was down, by what they got (on_all_down): \
+        rejected, failed_open.",
+);
 
-pub const POOL_USABLE_SERVERS: Def = Def {
-    name: "ringlb_pool_usable_servers",
-    kind: Kind::Gauge,
-    labels: &["pool"],
-    help: "Servers of the pool that may take new connections (up, weight above 0).",
-};
+pub const POOL_USABLE_SERVERS: Def = gauge(
+    "ringlb_pool_usable_servers",
+    &["pool"],
+    "Servers of the pool that may take new connections (up, weight above 0).",
+);
 
 // ---- process ----
 
-pub const WORKERS: Def = Def {
-    name: "ringlb_workers",
-    kind: Kind::Gauge,
-    labels: &[],
-    help: "Data-path worker threads (one io_uring each).",
-};
+pub const WORKERS: Def = gauge("ringlb_workers", &[], "Data-path worker threads (one io_uring each).");
 
-pub const IOWQ_THREADS: Def = Def {
-    name: "ringlb_iowq_threads",
-    kind: Kind::Gauge,
-    labels: &[],
-    help: "io_uring kernel worker threads (iou-wrk-*) of the process, which run the splices.",
-};
+pub const IOWQ_THREADS: Def = gauge(
+    "ringlb_iowq_threads",
+    &[],
+    "io_uring kernel worker threads (iou-wrk-*) of the process, which run the splices.",
+);
 
-pub const DIRECT_DESCRIPTORS: Def = Def {
-    name: "ringlb_worker_direct_descriptors",
-    kind: Kind::Gauge,
-    labels: &["worker"],
-    help: "Registered (direct) descriptors the worker's ring holds: client and backend sockets and pipe ends.",
-};
+pub const DIRECT_DESCRIPTORS: Def = gauge(
+    "ringlb_worker_direct_descriptors",
+    &["worker"],
+    "Registered (direct) descriptors the worker's ring holds: client and backend sockets and pipe ends.",
+);
 
-pub const DIRECT_DESCRIPTOR_SLOTS: Def = Def {
-    name: "ringlb_worker_direct_descriptor_slots",
-    kind: Kind::Gauge,
-    labels: &["worker"],
-    help: "Size of the worker's registered descriptor table.",
-};
+pub const DIRECT_DESCRIPTOR_SLOTS: Def =
+    gauge("ringlb_worker_direct_descriptor_slots", &["worker"], "Size of the worker's registered descriptor table.");
 
-pub const CONFIG_RELOADS: Def = Def {
-    name: "ringlb_config_reloads_total",
-    kind: Kind::Counter,
-    labels: &["result"],
-    help: "Configuration reloads, by result: ok, failed.",
-};
+pub const CONFIG_RELOADS: Def =
+    counter("ringlb_config_reloads_total", &["result"], "Configuration reloads, by result: ok, failed.");
 
-pub const CONFIG_INFO: Def = Def {
-    name: "ringlb_config_info",
-    kind: Kind::Gauge,
-    labels: &["sha256"],
-    help: "Always 1; sha256 is the digest of the configuration file in effect, as sha256sum prints it.",
-};
+pub const CONFIG_INFO: Def = gauge(
+    "ringlb_config_info",
+    &["sha256"],
+    "Always 1; sha256 is the digest of the configuration file in effect, as sha256sum prints it.",
+);
 
-pub const BUILD_INFO: Def =
-    Def { name: "ringlb_build_info", kind: Kind::Gauge, labels: &["version"], help: "Always 1; the ringlb version." };
+pub const BUILD_INFO: Def = gauge("ringlb_build_info", &["version"], "Always 1; the ringlb version.");
 
-pub const DRAINING: Def = Def {
-    name: "ringlb_draining",
-    kind: Kind::Gauge,
-    labels: &[],
-    help: "1 after POST /api/drain (/ready answers 503 while every connection is still served), else 0.",
-};
+pub const DRAINING: Def = gauge(
+    "ringlb_draining",
+    &[],
+    "1 after POST /api/drain (/ready answers 503 while every connection is still served), else 0.",
+);
 
-pub const START_TIME: Def = Def {
-    name: "ringlb_start_time_seconds",
-    kind: Kind::Gauge,
-    labels: &[],
-    help: "When the process started, in seconds since the Unix epoch.",
-};
+pub const START_TIME: Def =
+    gauge("ringlb_start_time_seconds", &[], "When the process started, in seconds since the Unix epoch.");
 
 /// Every metric, in the order of the README's table.
 pub const ALL: &[Def] = &[

@@ -711,6 +711,35 @@ scenario_6() {
     check 6 "b3 back: zero failures and resets" eq "$(fig backend-back new_failed)/$(fig backend-back resets)" "0/0"
 }
 
+# Major page faults so far of each node's keepalived VRRP process, ringlb and watcher, as
+# "name=count ...": a process that waits for the disk to page its code back in stalls however
+# high its CPU priority (a stalled VRRP master looks dead to the standby).
+major_faults() {
+    local node name pid out=()
+    for node in lb1 lb2; do
+        for name in keepalived ringlb watcher; do
+            case $name in
+                keepalived) pid=$(cat "$WORK/$node/vrrp.pid" 2>/dev/null) ;;
+                ringlb) pid=${RINGLB_PID[$node]:-} ;;
+                watcher) pid=${WATCHER_PID[$node]:-} ;;
+            esac
+            # Field 12 of /proc/PID/stat; the fields after the command name start at 3.
+            out+=("$node-$name=$(sed 's/.*) //' "/proc/${pid:-0}/stat" 2>/dev/null | awk '{ print $10 }' || true)")
+        done
+    done
+    echo "${out[*]}"
+}
+fault_delta() { # fault_delta "BEFORE" "AFTER": the per-process increase, "-" where unknown
+    local before=$1 after=$2 kv name b a out=()
+    for kv in $after; do
+        name=${kv%%=*} a=${kv#*=}
+        b=$(tr ' ' '\n' <<<"$before" | awk -F= -v n="$name" '$1 == n { print $2 }')
+        if [[ -n $a && -n $b ]]; then out+=("$name $((a - b))"); else out+=("$name -"); fi
+    done
+    local IFS=,
+    sed 's/,/, /g' <<<"${out[*]}"
+}
+
 # 7. Soak: both CPUs busy, traffic flowing, no VIP transition at all.
 scenario_7() {
     local act t0
@@ -719,7 +748,10 @@ scenario_7() {
     start_client s7 $((SOAK + 5))
     t0=$(transitions)
     mark soak
-    local cpu hogs=()
+    local cpu hogs=() faults_before node
+    faults_before=$(major_faults)
+    local -A log_lines=()
+    for node in lb1 lb2; do log_lines[$node]=$(wc -l <"$WORK/$node/keepalived.log"); done
     for cpu in $(seq "$(nproc)"); do
         # Busy loops in the switch namespace (cleaned up with it), bounded by the soak.
         ip netns exec "$NS_SW" timeout "$SOAK" bash -c 'while :; do :; done' &
@@ -729,7 +761,16 @@ scenario_7() {
     wait "${hogs[@]}" || true
     local moves
     moves=$(($(transitions) - t0))
-    figure 7 "${SOAK} s, $(nproc) busy loops + load: VIP transitions $moves; $(window_summary soak)"
+    # keepalived logs "A thread timer expired N seconds ago" when it ran 1 s or more late.
+    local late=()
+    for node in lb1 lb2; do
+        late+=("$node $(tail -n +"$((log_lines[$node] + 1))" "$WORK/$node/keepalived.log" |
+            grep -o 'timer expired [0-9.]* seconds ago' | awk '{ n++; if ($3 > m) m = $3 }
+                END { if (n) printf "%d times, up to %.2f s", n, m; else printf "never" }' || true)")
+    done
+    local faults
+    faults=$(fault_delta "$faults_before" "$(major_faults)")
+    figure 7 "${SOAK} s, $(nproc) busy loops + load: VIP transitions $moves; $(window_summary soak); major page faults during the soak: $faults; keepalived ran >= 1 s late: ${late[0]}, ${late[1]}"
     check 7 "soak: zero VIP transitions" eq "$moves/$(vip_holder)" "0/$act"
     check 7 "soak: zero failed new connections, zero resets" eq "$(fig soak new_failed)/$(fig soak resets)" "0/0"
 }
