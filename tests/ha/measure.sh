@@ -43,11 +43,22 @@ for advert in 0.3 0.4 0.5 1; do
     run_variant "advert_int=$advert" "$(repeat "2 4" "$ROUNDS")" HA_ADVERT_INT="$advert"
 done
 
-# ringlb killed: the shipped readiness (watcher + vrrp_script), then the vrrp_script alone at its
-# fastest setting (interval 1, fall 1; each run makes 3 probes).
+# ringlb killed: the shipped readiness (the watcher), then a vrrp_script instead, at its fastest
+# setting (interval 1, fall 1; each run makes 3 probes).
 run_variant watcher "$(repeat 1 "$ROUNDS")"
 variant=$WORK/script-only
 mkdir -p "$variant"
 cp "$ROOT"/conf/keepalived/* "$variant/"
-sed -i -E '/^    track_file \{$/,/^    \}$/d; s/^(    fall )3$/\11/' "$variant/keepalived.conf"
+# The instance tracks the script instead of the watcher's file (defined before the instance).
+awk '
+    /^vrrp_instance / {
+        print "vrrp_script ringlb_ready {"
+        print "    script \"${SCRIPTS}/ringlb-ready ${READY_CHECK}\""
+        print "    interval 1\n    timeout 2\n    fall 1\n    rise 2\n    weight 0\n}\n"
+    }
+    $1 == "ringlb_ready_file" { print "        ringlb_master\n    }\n    track_script {\n        ringlb_ready"; next }
+    $1 == "ringlb_master" && in_instance { next }
+    /^vrrp_instance / { in_instance = 1 }
+    { print }
+' "$ROOT/conf/keepalived/keepalived.conf" >"$variant/keepalived.conf"
 run_variant script-only "$(repeat 1 "$ROUNDS")" HA_KEEPALIVED_DIR="$variant"

@@ -470,7 +470,7 @@ write_results() {
         echo "- run: $(date -u +%Y-%m-%dT%H:%M:%SZ), mode $([[ $QUICK == 1 ]] && echo quick || echo full)," \
             "commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)," \
             "kernel $(uname -r), $(keepalived --version 2>&1 | head -1), $(nproc) CPUs"
-        echo "- keepalived: advert_int $advert s; readiness: watcher \`ringlb-ready --watch FILE $READY_CHECK\` (0.1 s probes, fall 3) as a track_file, and \`ringlb-ready $READY_CHECK\` as a vrrp_script (interval 1, fall 3)"
+        echo "- keepalived: advert_int $advert s; readiness: watcher \`ringlb-ready --watch FILE $READY_CHECK\` (0.1 s probes, fall 3, rise 5) as a track_file (no vrrp_script)"
         echo "- load: $HELD held connections (one request each every 3 s), $RATE new connections/s" \
             "(connect, one request, close; 2.5 s limit), from 16 client addresses; ringlb balance = source-hash"
         local note
