@@ -449,6 +449,16 @@ eq() { [[ $1 == "$2" ]]; }
 declare -a FIGURES=()
 HOST_LOAD="n/a"
 # figure SCENARIO "text": one row of figures, with the host's CPU pressure during the scenario.
+# The commit under test, and whether the tree differed from it (RESULTS.md itself aside).
+commit_tested() {
+    local commit
+    commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) || { echo unknown; return; }
+    if [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no -- . ':(exclude)tests/ha/RESULTS.md') ]]; then
+        commit+=" plus uncommitted changes"
+    fi
+    echo "$commit"
+}
+
 figure() { FIGURES+=("| $1 | $2 | $HOST_LOAD |"); }
 
 window_summary() { # one line of the figures that matter after a mark
@@ -468,7 +478,7 @@ write_results() {
         echo "Written by \`make test-ha\` (tests/ha/run.sh); every run overwrites it."
         echo
         echo "- run: $(date -u +%Y-%m-%dT%H:%M:%SZ), mode $([[ $QUICK == 1 ]] && echo quick || echo full)," \
-            "commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)," \
+            "commit $(commit_tested)," \
             "kernel $(uname -r), $(keepalived --version 2>&1 | head -1), $(nproc) CPUs"
         echo "- keepalived: advert_int $advert s; readiness: watcher \`ringlb-ready --watch FILE $READY_CHECK\` (0.1 s probes, fall 3, rise 5) as a track_file (no vrrp_script)"
         echo "- load: $HELD held connections (one request each every 3 s), $RATE new connections/s" \
