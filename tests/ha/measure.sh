@@ -51,6 +51,7 @@ mkdir -p "$variant"
 cp "$ROOT"/conf/keepalived/* "$variant/"
 # The instance tracks the script instead of the watcher's file (defined before the instance).
 awk '
+    /^\$READY_FILE=/ { print "$READY_CHECK=http://127.0.0.1:9900/ready" }
     /^vrrp_instance / {
         print "vrrp_script ringlb_ready {"
         print "    script \"${SCRIPTS}/ringlb-ready ${READY_CHECK}\""
