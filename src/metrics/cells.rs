@@ -20,6 +20,30 @@ fn add(cell: &AtomicU64, n: u64) {
     cell.fetch_add(n, Relaxed);
 }
 
+/// One block of cells per worker, each on cache lines of its own (`T` is aligned to 64).
+#[derive(Debug)]
+struct PerWorker<T> {
+    slots: Box<[T]>,
+}
+
+impl<T: Default> PerWorker<T> {
+    /// Slots for `workers` workers (at least one).
+    fn new(workers: usize) -> PerWorker<T> {
+        PerWorker { slots: (0..workers.max(1)).map(|_| T::default()).collect() }
+    }
+
+    /// Worker `worker`'s slot. Slots are as many as workers; an id past them (which the data
+    /// path never has) shares a slot, which is still counted exactly, only not alone.
+    #[inline]
+    fn slot(&self, worker: usize) -> &T {
+        &self.slots[worker % self.slots.len()]
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.slots.iter()
+    }
+}
+
 /// Why a client connection ended (the `cause` label of closed connections).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseCause {
@@ -234,7 +258,7 @@ struct ListenerCells {
 /// kept by name, so a listener a reload re-binds keeps counting.
 #[derive(Debug)]
 pub struct ListenerStats {
-    slots: Box<[ListenerCells]>,
+    slots: PerWorker<ListenerCells>,
 }
 
 /// One listener's counters summed over the workers.
@@ -253,28 +277,22 @@ impl ListenerTotals {
 
 impl ListenerStats {
     pub fn new(workers: usize) -> ListenerStats {
-        ListenerStats { slots: (0..workers.max(1)).map(|_| ListenerCells::default()).collect() }
-    }
-
-    /// Worker `worker`'s slot (an id past the slots shares one, still counted exactly).
-    #[inline]
-    fn slot(&self, worker: usize) -> &ListenerCells {
-        &self.slots[worker % self.slots.len()]
+        ListenerStats { slots: PerWorker::new(workers) }
     }
 
     #[inline]
     pub fn accepted(&self, worker: usize) {
-        add(&self.slot(worker).accepted, 1);
+        add(&self.slots.slot(worker).accepted, 1);
     }
 
     #[inline]
     pub fn closed(&self, worker: usize, cause: CloseCause) {
-        add(&self.slot(worker).closed[cause as usize], 1);
+        add(&self.slots.slot(worker).closed[cause as usize], 1);
     }
 
     /// A failed accept; `errno` is positive.
     pub fn accept_error(&self, worker: usize, errno: i32) {
-        add(&self.slot(worker).accept_errors[accept_error_index(errno)], 1);
+        add(&self.slots.slot(worker).accept_errors[accept_error_index(errno)], 1);
     }
 
     pub fn totals(&self) -> ListenerTotals {
@@ -311,7 +329,7 @@ struct ServerCells {
 /// snapshot of the backend table that holds the server (same pool and server name).
 #[derive(Debug)]
 pub struct ServerStats {
-    slots: Box<[ServerCells]>,
+    slots: PerWorker<ServerCells>,
     prober: ProberCells,
 }
 
@@ -341,22 +359,15 @@ impl ServerStats {
     /// Counters for `workers` workers (at least one slot).
     pub fn new(workers: usize) -> ServerStats {
         ServerStats {
-            slots: (0..workers.max(1)).map(|_| ServerCells::default()).collect(),
+            slots: PerWorker::new(workers),
             prober: ProberCells { health: AtomicU8::new(HealthView::Up as u8), ..ProberCells::default() },
         }
-    }
-
-    /// Worker `worker`'s slot. Slots are as many as workers; an id past them (which the data
-    /// path never has) shares a slot, which is still counted exactly, only not alone.
-    #[inline]
-    fn slot(&self, worker: usize) -> &ServerCells {
-        &self.slots[worker % self.slots.len()]
     }
 
     /// A connection to the server was established (it is open until `disconnected`).
     #[inline]
     pub fn connected(&self, worker: usize) {
-        let s = self.slot(worker);
+        let s = self.slots.slot(worker);
         add(&s.connections, 1);
         add(&s.active, 1);
     }
@@ -364,22 +375,22 @@ impl ServerStats {
     /// A connection counted by `connected` on the same worker closed.
     #[inline]
     pub fn disconnected(&self, worker: usize) {
-        self.slot(worker).active.fetch_sub(1, Relaxed);
+        self.slots.slot(worker).active.fetch_sub(1, Relaxed);
     }
 
     #[inline]
     pub fn connect_failed(&self, worker: usize, cause: ConnectFailure) {
-        add(&self.slot(worker).failures[cause as usize], 1);
+        add(&self.slots.slot(worker).failures[cause as usize], 1);
     }
 
     #[inline]
     pub fn retried(&self, worker: usize) {
-        add(&self.slot(worker).retries, 1);
+        add(&self.slots.slot(worker).retries, 1);
     }
 
     #[inline]
     pub fn delivered(&self, worker: usize, direction: Direction, bytes: u64) {
-        add(&self.slot(worker).bytes[direction as usize], bytes);
+        add(&self.slots.slot(worker).bytes[direction as usize], bytes);
     }
 
     /// The prober: one active check took `took`.
@@ -420,7 +431,7 @@ impl ServerStats {
         let mut t = ServerTotals::default();
         for s in self.slots.iter() {
             // A worker's active count can read one below zero for a moment only if slots are
-            // shared (see `slot`); the wrapping sum comes out right either way.
+            // shared (see `PerWorker::slot`); the wrapping sum comes out right either way.
             t.active = t.active.wrapping_add(s.active.load(Relaxed));
             t.connections = t.connections.wrapping_add(s.connections.load(Relaxed));
             for (total, cell) in t.failures.iter_mut().zip(&s.failures) {
@@ -450,7 +461,7 @@ struct PoolCells {
 /// One pool's counters: a slot per worker. Shared by every snapshot of the table (same name).
 #[derive(Debug)]
 pub struct PoolStats {
-    slots: Box<[PoolCells]>,
+    slots: PerWorker<PoolCells>,
 }
 
 /// One pool's counters summed over the workers.
@@ -461,18 +472,13 @@ pub struct PoolTotals {
 
 impl PoolStats {
     pub fn new(workers: usize) -> PoolStats {
-        PoolStats { slots: (0..workers.max(1)).map(|_| PoolCells::default()).collect() }
-    }
-
-    #[inline]
-    fn slot(&self, worker: usize) -> &PoolCells {
-        &self.slots[worker % self.slots.len()]
+        PoolStats { slots: PerWorker::new(workers) }
     }
 
     /// A client connection of the pool closed after `lifetime`.
     #[inline]
     pub fn closed(&self, worker: usize, lifetime: Duration) {
-        self.slot(worker).durations.record(&super::names::CONNECTION_DURATION_BOUNDS, lifetime);
+        self.slots.slot(worker).durations.record(&super::names::CONNECTION_DURATION_BOUNDS, lifetime);
     }
 
     pub fn totals(&self) -> PoolTotals {
@@ -496,8 +502,8 @@ mod tests {
         assert_eq!(std::mem::align_of::<WorkerStats>(), 64);
         assert_eq!(std::mem::align_of::<ProberCells>(), 64);
         let stats = ServerStats::new(2);
-        let a = stats.slot(0) as *const ServerCells as usize;
-        let b = stats.slot(1) as *const ServerCells as usize;
+        let a = stats.slots.slot(0) as *const ServerCells as usize;
+        let b = stats.slots.slot(1) as *const ServerCells as usize;
         assert!(b - a >= 64 && a % 64 == 0);
     }
 
