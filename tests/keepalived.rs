@@ -9,17 +9,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::admin::{post, wait_for};
-use common::{temp_path, DemoBackend, PoolSpec, Ringlb, TestConfig};
+use common::{have, temp_path, DemoBackend, PoolSpec, Ringlb, TestConfig};
 
 /// Long enough for a verdict (3 or 5 probes 0.1 s apart) on a busy machine.
 const VERDICT: Duration = Duration::from_secs(5);
 
 fn shipped(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/keepalived").join(name)
-}
-
-fn have(program: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success())
 }
 
 fn ringlb_with_admin() -> (DemoBackend, Ringlb) {

@@ -4,11 +4,14 @@
 //! creates (and only keys that belong to that namespace), host values are compared before and
 //! after, `make tune-apply` runs with DESTDIR only, and the systemd unit is only verified.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::have;
 use ringlb::control::hostcheck::{evaluate, parse_port_range, HostLoad, HostSnapshot, Rlimit, IORING_MAX_FIXED_FILES};
 
 /// Profiles, their target N, and the fewest workers each one is written for.
@@ -290,12 +293,6 @@ fn each_profile_meets_what_the_host_check_asks_for_its_target() {
         }
     }
     assert_eq!(HostLoad::new(1_000_000, 1).min_workers_for_table(), 3);
-}
-
-/// Whether `tool` runs (`ip` knows only `-V`, the others `--version`).
-fn have(tool: &str) -> bool {
-    let flag = if tool == "ip" { "-V" } else { "--version" };
-    Command::new(tool).arg(flag).output().is_ok_and(|o| o.status.success())
 }
 
 fn is_root() -> bool {

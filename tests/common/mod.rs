@@ -27,6 +27,13 @@ pub const RINGLB: &str = env!("CARGO_BIN_EXE_ringlb");
 /// How long a process may take to print its readiness line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whether `tool` runs (`ip` knows only `-V`, the others `--version`): tests that need a tool
+/// from another package skip when it is missing.
+pub fn have(tool: &str) -> bool {
+    let flag = if tool == "ip" { "-V" } else { "--version" };
+    Command::new(tool).arg(flag).output().is_ok_and(|o| o.status.success())
+}
+
 /// A child process whose stderr is collected line by line in a background thread (so the pipe
 /// never fills), killed on drop unless it has already exited.
 pub struct Proc {
