@@ -62,7 +62,6 @@ declare -a ROWS=()
 declare -a NOTES=()
 declare -A RINGLB_PID=() KEEPALIVED_PID=() BACKEND_PID=() WATCHER_PID=()
 READY_CHECK=http://$ADMIN/ready
-HAS_DRAIN=1
 
 log() { printf '[ha %s] %s\n' "$(date +%T.%3N)" "$*" >&2; }
 die() {
@@ -219,9 +218,8 @@ name = "b3"
 EOF
 }
 
-# Starts ringlb on NODE and waits for its "running" line; `ready` also waits for the track
-# check to pass.
-start_ringlb() { # start_ringlb NODE [ready]
+# Starts ringlb on NODE and waits for its "running" line and for /ready to answer 200.
+start_ringlb() { # start_ringlb NODE
     local node=$1 dir=$WORK/$1
     mkdir -p "$dir"
     [[ -f $dir/ringlb.toml ]] || write_ringlb_config "$node"
@@ -234,7 +232,6 @@ start_ringlb() { # start_ringlb NODE [ready]
         tail -20 "$dir/ringlb.log" >&2
         die "ringlb on $node did not start"
     }
-    [[ ${2:-ready} == ready ]] || return 0
     wait_for 10 "ringlb on $node to pass the track check" in_ns "$node" "$WORK/scripts/ringlb-ready" "$READY_CHECK" ||
         die "ringlb on $node is not ready"
 }
@@ -604,15 +601,8 @@ scenario_3() {
     sleep 3
     t0=$(transitions)
     mark drain
-    if [[ $HAS_DRAIN == 1 ]]; then
-        in_ns "$act" "$RINGLB" drain -c "$WORK/$act/ringlb.toml" >>"$WORK/$act/drain.log" 2>&1 ||
-            die "ringlb drain failed: $(cat "$WORK/$act/drain.log")"
-    else
-        # Stand-in for `ringlb drain` until it exists: the verdict the watcher writes when
-        # /ready turns to 503 (the watcher is stopped so that it does not overwrite it).
-        stop_watcher "$act"
-        printf '1\n' >"$WORK/$act/ready.new" && mv -f "$WORK/$act/ready.new" "$WORK/$act/ready"
-    fi
+    in_ns "$act" "$RINGLB" drain -c "$WORK/$act/ringlb.toml" >>"$WORK/$act/drain.log" 2>&1 ||
+        die "ringlb drain failed: $(cat "$WORK/$act/drain.log")"
     wait_vip_on "$stby" 10 || die "the VIP did not move to $stby after the drain"
     local moved_ms=$(($(now_ms) - $(sed -n 's/ drain$//p' "$MARKS")))
     # Stop the drained ringlb: it closes its listeners and gives open connections the grace.
@@ -639,7 +629,6 @@ scenario_3() {
     check 3 "drained ringlb stopped cleanly (exit 0)" eq "$rc" 0
     # Bring the node back into the pair (a fresh ringlb is not draining).
     start_ringlb "$act"
-    [[ $HAS_DRAIN == 1 ]] || start_watcher "$act"
     wait_for 10 "$act to be BACKUP" backup_again "$act" || true
 }
 
@@ -652,10 +641,6 @@ master_since_ms() {
     [[ -n $stamp ]] && date -d "$stamp" +%s%3N || echo 0
 }
 
-stop_watcher() {
-    kill -TERM "${WATCHER_PID[$1]}"
-    wait "${WATCHER_PID[$1]}" || true
-}
 backup_again() { tail -n 3 "$WORK/$1/keepalived.log" | grep -q "Entering BACKUP STATE"; }
 
 # 5. Both nodes die; one comes back, then the other.
@@ -796,8 +781,6 @@ main() {
     write_ringlb_config lb1
     write_ringlb_config lb2
     install_scripts
-    start_ringlb_probe_features lb1
-    rm -f "$WORK/lb1/ringlb.log"
     write_keepalived_config
     for node in lb1 lb2; do start_node "$node"; done
     wait_for 10 "a VIP holder" has_vip_holder || die "no node took the VIP"
@@ -813,24 +796,6 @@ main() {
     log "results in $RESULTS"
     ((FAILED == 0)) || die "some checks failed (see $RESULTS)"
     log "all checks passed"
-}
-
-# Which contract of ringlb's admin side this binary has: /ready (else the track check falls
-# back to the listener port) and `ringlb drain` (else the planned failover stops keepalived).
-start_ringlb_probe_features() {
-    local node=$1
-    READY_CHECK=http://$ADMIN/ready
-    start_ringlb "$node" started
-    if ! wait_for 3 "/ready on $node" in_ns "$node" "$WORK/scripts/ringlb-ready" "$READY_CHECK" 2>/dev/null; then
-        READY_CHECK=tcp://127.0.0.1:$VIP_PORT
-        NOTES+=("this ringlb has no admin /ready: the track check tests that the listener accepts ($READY_CHECK)")
-    fi
-    if ! "$RINGLB" drain --help >/dev/null 2>&1; then
-        HAS_DRAIN=0
-        NOTES+=("this ringlb has no \`drain\` command: scenario 3 writes the watcher's \"not ready\" verdict instead (what the watcher writes when /ready turns to 503)")
-    fi
-    kill -TERM "${RINGLB_PID[$node]}"
-    wait "${RINGLB_PID[$node]}" || true
 }
 
 main "$@"
