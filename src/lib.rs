@@ -19,7 +19,9 @@
 //! - [`datapath`]: per-core workers. Each owns a ring, its listening sockets, a connection slab and
 //!   pools of pipes and copy buffers, and shares only the connection counters (for
 //!   `max_connections`) with the others. Small messages are copied (recv/send, completed inline),
-//!   bulk transfers spliced (io-wq); see `runtime.splice`.
+//!   bulk transfers spliced (io-wq); see `runtime.splice`. A connection's whole life (open,
+//!   connect, proxying, replay, teardown) is in `datapath::conn`; one direction's pure state
+//!   machine in `datapath::flow`.
 //!   It depends on [`config`], [`table`], [`metrics`] and nothing in the control plane.
 //! - [`table`]: the backend table, one immutable snapshot of pools and servers behind arc-swap.
 //! - [`config`]: TOML -> raw serde structs -> validated typed config, errors as `file:line:col`.

@@ -38,6 +38,9 @@ pub struct PoolTable {
     pub retries: u32,
     /// How long a client may wait for a server slot when every server is at max_connections.
     pub queue_timeout: Duration,
+    /// `retry_on_empty_response`: replay the client's first bytes to another server when this
+    /// one resets or closes before its first byte.
+    pub retry_on_empty_response: bool,
     /// The policy over this snapshot's servers (indices = `servers` indices). Shares its
     /// per-server connection counters with the previous snapshot's balancer, by server name.
     pub balancer: Balancer,
@@ -238,6 +241,7 @@ impl BackendTable {
                 idle_timeout: pool.idle_timeout,
                 retries: pool.retries,
                 queue_timeout: pool.queue_timeout,
+                retry_on_empty_response: pool.retry_on_empty_response,
                 balancer,
                 on_all_down: pool.health.on_all_down,
                 all_down,

@@ -185,6 +185,9 @@ pub struct PoolConfig {
     pub retries: u32,
     /// How long a client waits for a server slot when every server is at its max_connections.
     pub queue_timeout: Duration,
+    /// When a server resets or closes a connection before its first byte, replay the client's
+    /// bytes (if they are all still held) to another server. See `conn::replay`.
+    pub retry_on_empty_response: bool,
     /// Size of the source-hash (Maglev) lookup table, a prime.
     pub hash_table_size: u32,
     pub health: HealthConfig,

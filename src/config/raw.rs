@@ -61,6 +61,7 @@ pub struct RawPool {
     pub idle_timeout: Option<Spanned<String>>,
     pub retries: Option<Spanned<Int>>,
     pub queue_timeout: Option<Spanned<String>>,
+    pub retry_on_empty_response: Option<Spanned<bool>>,
     pub hash_table_size: Option<Spanned<Int>>,
     pub health: Option<Table<RawHealth>>,
     #[serde(default)]

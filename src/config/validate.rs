@@ -301,6 +301,7 @@ impl Checker<'_> {
             idle_timeout,
             retries,
             queue_timeout,
+            retry_on_empty_response: pool.retry_on_empty_response.as_ref().is_some_and(|v| *v.get_ref()),
             hash_table_size,
             health,
             servers,

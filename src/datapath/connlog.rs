@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tracing::info;
 
-use super::proxy::CloseCause;
+use crate::metrics::CloseCause;
 
 pub fn code(cause: CloseCause) -> &'static str {
     match cause {

@@ -1,27 +1,29 @@
 //! The data path: one io_uring worker thread per core.
 //!
-//! Each worker owns one ring, one SO_REUSEPORT listening socket per listener, a slab of
-//! connections and a pipe pool. It reads the backend table snapshot (arc-swap) when it picks a
-//! server and shares nothing else with the other workers but the connection counters that enforce
-//! `max_connections`. It depends only on config, the backend table and metrics (each worker counts
-//! in its own blocks, see [`crate::metrics`]); the control plane talks to it through [`DataPath`]:
-//! the table it publishes and `shutdown()`.
+//! Each worker owns one ring, one SO_REUSEPORT listening socket per listener, a connection slab and
+//! pools of pipes and copy buffers. It reads the backend table snapshot (arc-swap) when it opens a
+//! connection and shares nothing else with the other workers but the connection counters that
+//! enforce `max_connections`. It depends only on config, the backend table and metrics (each
+//! worker counts in its own blocks, see [`crate::metrics`]); the control plane talks to it through
+//! [`DataPath`]: the table it publishes and `shutdown()`.
 //!
-//! Files: `listener` (sockets), `worker` (ring set-up, event loop, timers), `accept` (accept state
-//! machine, limits, parked clients), `connect` (server pick and the connect chain), `proxy`
-//! (connect chain, splicing, teardown), `flow` (one direction's pure state machine), `pipes` and
-//! `buffers` (pools),
-//! `ops` (what `user_data` means).
+//! Where things are:
+//! - `conn/`: a connection's whole life (open, pick and connect, proxying, teardown);
+//! - `flow` and `direction`: one direction's pure state machine, and the two directions;
+//! - `worker/`: the event loop, the slab, timers, and the acceptors (`worker/accept.rs`);
+//! - `ring` (submission backlog, registered-table layout), `ops` (what `user_data` means),
+//!   `pipes` and `memory` (the two kinds of buffer pool), `listener` (sockets), `connlog`, `warn`.
 
-mod accept;
-mod buffers;
-mod connect;
+mod conn;
 mod connlog;
+mod direction;
 mod flow;
 mod listener;
+mod memory;
 mod ops;
 mod pipes;
-mod proxy;
+mod ring;
+mod warn;
 mod worker;
 
 use std::io;

@@ -3,9 +3,12 @@
 //! Layout (64 bits): `[ gen: 32 | slot: 24 | op: 8 ]`.
 //! - `op` names the operation that completed ([`Op`]).
 //! - `slot` is the connection slot for connection operations, the listener index for accepts,
-//!   and 0 for worker-level operations (tick, wake).
+//!   and 0 for worker-level operations (tick, wake, close).
 //! - `gen` is the slot's generation when the operation was submitted. A connection slot is
 //!   reused only after its last completion has arrived, so `gen` is a cross-check, not a guard.
+
+use super::direction::Dir;
+use super::flow::FlowOp;
 
 /// What an in-flight operation was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,40 +20,30 @@ pub enum Op {
     AcceptCancel,
     /// The periodic worker tick (timeouts, accept back-off, shutdown grace).
     Tick,
-    /// The worker's wake-up eventfd became readable (shutdown or table change).
+    /// The worker's wake-up eventfd became readable (shutdown or a control message).
     Wake,
-    /// Multishot readiness poll on the client socket.
-    ClientPoll,
-    /// Multishot readiness poll on the backend socket.
-    BackendPoll,
-    /// One-shot POLLOUT on the client socket (b2c destination full).
-    ClientPollOut,
-    /// One-shot POLLOUT on the backend socket (c2b destination full).
-    BackendPollOut,
-    /// Splice client socket -> c2b pipe.
-    C2bIn,
-    /// Splice c2b pipe -> backend socket.
-    C2bOut,
-    /// Splice backend socket -> b2c pipe.
-    B2cIn,
-    /// Splice b2c pipe -> client socket.
-    B2cOut,
-    /// Backend socket creation (first of the linked connect chain).
-    Socket,
-    /// setsockopt on the backend socket (in the connect chain).
-    SockOpt,
-    /// Backend connect (in the connect chain).
-    Connect,
-    /// Link timeout guarding the connect.
-    ConnectTimeout,
-    /// shutdown(SHUT_WR) of the backend after the client's FIN.
-    ShutBackend,
-    /// shutdown(SHUT_WR) of the client after the backend's FIN.
-    ShutClient,
-    /// Cancel of every request on a connection's descriptors.
-    Cancel,
-    /// Close of a registered descriptor; the slot is already released, result only logged.
+    /// Close of a registered descriptor whose owner is already gone; the result is only logged.
     Close,
+    /// The connect chain: socket creation, setsockopt, connect, and the link timeout guarding it.
+    Socket,
+    SockOpt,
+    Connect,
+    ConnectTimeout,
+    /// The client -> backend flow: POLLIN on the client, POLLOUT on the backend, read from the
+    /// client, write to the backend, shutdown(SHUT_WR) of the backend.
+    C2bPollIn,
+    C2bPollOut,
+    C2bRead,
+    C2bWrite,
+    C2bShutdown,
+    /// The backend -> client flow, likewise.
+    B2cPollIn,
+    B2cPollOut,
+    B2cRead,
+    B2cWrite,
+    B2cShutdown,
+    /// Cancel of one of a connection's requests (teardown).
+    Cancel,
 }
 
 impl Op {
@@ -59,23 +52,58 @@ impl Op {
         Op::AcceptCancel,
         Op::Tick,
         Op::Wake,
-        Op::ClientPoll,
-        Op::BackendPoll,
-        Op::ClientPollOut,
-        Op::BackendPollOut,
-        Op::C2bIn,
-        Op::C2bOut,
-        Op::B2cIn,
-        Op::B2cOut,
+        Op::Close,
         Op::Socket,
         Op::SockOpt,
         Op::Connect,
         Op::ConnectTimeout,
-        Op::ShutBackend,
-        Op::ShutClient,
+        Op::C2bPollIn,
+        Op::C2bPollOut,
+        Op::C2bRead,
+        Op::C2bWrite,
+        Op::C2bShutdown,
+        Op::B2cPollIn,
+        Op::B2cPollOut,
+        Op::B2cRead,
+        Op::B2cWrite,
+        Op::B2cShutdown,
         Op::Cancel,
-        Op::Close,
     ];
+
+    /// The operation `kind` of the flow `dir`.
+    pub fn flow(dir: Dir, kind: FlowOp) -> Op {
+        use FlowOp::*;
+        match (dir, kind) {
+            (Dir::C2b, PollIn) => Op::C2bPollIn,
+            (Dir::C2b, PollOut) => Op::C2bPollOut,
+            (Dir::C2b, Read) => Op::C2bRead,
+            (Dir::C2b, Write) => Op::C2bWrite,
+            (Dir::C2b, Shutdown) => Op::C2bShutdown,
+            (Dir::B2c, PollIn) => Op::B2cPollIn,
+            (Dir::B2c, PollOut) => Op::B2cPollOut,
+            (Dir::B2c, Read) => Op::B2cRead,
+            (Dir::B2c, Write) => Op::B2cWrite,
+            (Dir::B2c, Shutdown) => Op::B2cShutdown,
+        }
+    }
+
+    /// The flow and kind of a flow operation; `None` for every other operation.
+    pub fn as_flow(self) -> Option<(Dir, FlowOp)> {
+        use FlowOp::*;
+        Some(match self {
+            Op::C2bPollIn => (Dir::C2b, PollIn),
+            Op::C2bPollOut => (Dir::C2b, PollOut),
+            Op::C2bRead => (Dir::C2b, Read),
+            Op::C2bWrite => (Dir::C2b, Write),
+            Op::C2bShutdown => (Dir::C2b, Shutdown),
+            Op::B2cPollIn => (Dir::B2c, PollIn),
+            Op::B2cPollOut => (Dir::B2c, PollOut),
+            Op::B2cRead => (Dir::B2c, Read),
+            Op::B2cWrite => (Dir::B2c, Write),
+            Op::B2cShutdown => (Dir::B2c, Shutdown),
+            _ => return None,
+        })
+    }
 
     fn from_u8(v: u8) -> Option<Op> {
         Op::ALL.iter().copied().find(|op| *op as u8 == v)
@@ -115,5 +143,20 @@ mod tests {
     fn unknown_op_is_rejected() {
         assert_eq!(decode(0), None);
         assert_eq!(decode(0xff), None);
+    }
+
+    #[test]
+    fn flow_ops_name_one_direction_and_kind_each() {
+        use FlowOp::*;
+        let mut seen = Vec::new();
+        for dir in Dir::BOTH {
+            for kind in [PollIn, PollOut, Read, Write, Shutdown] {
+                let op = Op::flow(dir, kind);
+                assert_eq!(op.as_flow(), Some((dir, kind)));
+                assert!(!seen.contains(&op));
+                seen.push(op);
+            }
+        }
+        assert_eq!(Op::Connect.as_flow(), None);
     }
 }

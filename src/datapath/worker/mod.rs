@@ -1,11 +1,15 @@
-//! One worker: its ring, registered-descriptor layout, event loop, accepts and timers.
+//! One worker: its ring, the connection slab, the pools, the event loop and its timers, and its
+//! acceptors (`accept`). Connections live their own life (see `conn`); the worker hands each of
+//! their completions to them with a [`Ctx`] and frees a slot when its connection says
+//! [`Life::Closed`].
 //!
 //! The worker owns every descriptor it uses: its listening sockets (ordinary descriptors), and in
 //! its ring's registered table the client sockets, backend sockets and pipes. It never blocks but
 //! in `submit_and_wait`, and never lets the kernel park a worker thread on a socket: every socket
 //! is non-blocking and every splice waits for readiness first (see `flow`).
 
-use std::collections::VecDeque;
+mod accept;
+
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::RawFd;
@@ -13,35 +17,34 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::{opcode, squeue, types, IoUring};
+use io_uring::{opcode, types, IoUring};
 use tracing::{debug, info, warn};
 
-use super::accept::Acceptor;
-use super::buffers::BufferPool;
+use super::conn::{close_entry, CloseCause, Conn, Ctx, Life, Logs, Waiting};
+use super::flow::Step;
+use super::memory::MemoryPool;
 use super::ops::{self, Op};
 use super::pipes::PipePool;
-use super::proxy::{CloseCause, Conn, Phase};
+use super::ring::{Ring, SlotLayout, CQ_ENTRIES, SQ_ENTRIES};
+use super::warn::RateLimited;
 use super::{Control, DataPathError, ListenerShared, Shared};
+use crate::balance::WorkerBalanceState;
 use crate::metrics::WorkerStats;
 use crate::table::SharedTable;
+use accept::Acceptor;
 
-const SQ_ENTRIES: u32 = 4096;
-const CQ_ENTRIES: u32 = 4 * SQ_ENTRIES;
 /// io-wq threads per worker for unbounded work (socket splices, shutdowns). Every splice is
 /// non-blocking, so a worker thread is never parked on a socket and two are plenty.
 const IOWQ_UNBOUNDED: u32 = 2;
 const IOWQ_BOUNDED: u32 = 1;
-/// Most pipes one worker may hold (each is 16 pages by default; `fs.pipe-user-pages-soft`).
-const MAX_PIPES: u32 = 1024;
 /// Most copy-mode buffers one worker may hold (16 KiB each: 64 MiB).
 const MAX_BUFFERS: u32 = 4096;
 /// Idle pipes kept for reuse.
 const MAX_IDLE_PIPES: usize = 64;
 const TICK: Duration = Duration::from_millis(100);
+const IDLE_SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// The client address when the accept did not capture it.
 pub const UNKNOWN_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
-/// Minimum interval between two copies of the same rate-limited warning.
-const LOG_EVERY: Duration = Duration::from_secs(5);
 
 pub struct WorkerSpec {
     pub id: usize,
@@ -55,98 +58,46 @@ pub struct WorkerSpec {
     pub stats: Arc<WorkerStats>,
 }
 
-/// Where things live in the ring's registered file table:
-/// `[0, conns)` client sockets (kernel-allocated by accept), `[conns, 2*conns)` backend sockets
-/// (slot `conns + i` belongs to connection slot `i`), then the pipes, two slots each.
-#[derive(Debug, Clone, Copy)]
-pub struct SlotLayout {
-    pub conns: u32,
-    pub pipes: u32,
-}
-
-impl SlotLayout {
-    /// Fits the layout into a table of at most `limit` entries (RLIMIT_NOFILE caps one ring's
-    /// table), with no more connection slots than `max_connections`.
-    pub fn fit(limit: u32, max_connections: u32) -> SlotLayout {
-        let pipes = (limit / 16).clamp(16, MAX_PIPES);
-        let conns = (limit.saturating_sub(2 * pipes) / 2).min(max_connections).min(ops::MAX_SLOT);
-        SlotLayout { conns, pipes }
-    }
-    pub fn backend_slot(&self, conn: u32) -> u32 {
-        self.conns + conn
-    }
-    pub fn pipe_base(&self) -> u32 {
-        2 * self.conns
-    }
-    pub fn table_size(&self) -> u32 {
-        2 * self.conns + 2 * self.pipes
-    }
-}
-
-/// A warning printed at most once per `LOG_EVERY`, with a count of what was suppressed.
-pub struct RateLimited {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimited {
-    pub const fn new() -> RateLimited {
-        RateLimited { last: None, suppressed: 0 }
-    }
-    pub fn warn(&mut self, now: Instant, msg: std::fmt::Arguments<'_>) {
-        if self.last.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
-            self.suppressed += 1;
-            return;
-        }
-        if self.suppressed > 0 {
-            warn!("{msg} ({} similar suppressed)", self.suppressed);
-        } else {
-            warn!("{msg}");
-        }
-        self.last = Some(now);
-        self.suppressed = 0;
-    }
+/// One entry of the slab. Boxed so that a connection never moves: in-flight operations point
+/// into it (the connect address, the link timeout) while the slab grows.
+struct Slot {
+    /// Raised each time the slot is freed.
+    gen: u32,
+    conn: Option<Conn>,
 }
 
 pub struct Worker {
-    pub id: usize,
-    pub ring: IoUring,
-    backlog: VecDeque<Vec<squeue::Entry>>,
-    pub layout: SlotLayout,
-    pub shared: Arc<Shared>,
-    pub table: SharedTable,
+    id: usize,
+    ring: Ring,
+    layout: SlotLayout,
+    shared: Arc<Shared>,
+    table: SharedTable,
     /// This worker's own counters (only this worker writes them).
-    pub stats: Arc<WorkerStats>,
-    /// Never shrinks: a connection refers to its listener by index, also after a reload retired it.
-    pub acceptors: Vec<Acceptor>,
-    pub(super) control: crossbeam::channel::Receiver<Control>,
-    pub(super) accept_backoff_until: Option<Instant>,
-    /// Boxed so that a connection never moves: in-flight operations point into it (the connect
-    /// address, the link timeout) while the slab grows.
+    stats: Arc<WorkerStats>,
+    /// Never shrinks: a reload's retired listener keeps its index until its socket is closed.
+    acceptors: Vec<Acceptor>,
+    control: crossbeam::channel::Receiver<Control>,
+    accept_backoff_until: Option<Instant>,
     #[allow(clippy::vec_box)]
-    pub conns: Vec<Box<Conn>>,
+    slots: Vec<Box<Slot>>,
     free: Vec<u32>,
-    pub live: u32,
-    pub pipes: PipePool,
-    pub buffers: BufferPool,
+    /// Connections holding a slot.
+    live: u32,
+    pipes: PipePool,
+    memory: MemoryPool,
     /// Accepted clients waiting for a slot under the limits: (listener, client slot, client).
-    pub(super) parked: VecDeque<(usize, u32, SocketAddr)>,
-    /// Flows parked until a pipe or buffer frees up: (slot, gen, direction).
-    pub pipe_waiters: VecDeque<(u32, u32, usize)>,
-    /// Balancing state of this worker, per pool index (grown by `pick` as pools appear).
-    pub balance: Vec<crate::balance::WorkerBalanceState>,
-    /// Clients waiting for a server slot: (slot, gen).
-    pub queue: VecDeque<(u32, u32)>,
-    pub now: Instant,
-    pub(super) shutting_down: Option<Instant>,
+    parked: std::collections::VecDeque<(usize, u32, SocketAddr)>,
+    waiting: Waiting,
+    /// Balancing state of this worker, per pool index (grown by the connections as pools appear).
+    balance: Vec<WorkerBalanceState>,
+    now: Instant,
+    shutting_down: Option<Instant>,
     tick_ts: types::Timespec,
     wake_fd: RawFd,
     last_idle_sweep: Instant,
-    pub(super) accept_log: RateLimited,
-    pub pipe_log: RateLimited,
-    pub connect_log: RateLimited,
-    /// Reusable scratch for flow steps.
-    pub steps: Vec<super::flow::Step>,
+    accept_log: RateLimited,
+    logs: Logs,
+    steps: Vec<Step>,
 }
 
 /// Runs a worker until shutdown. `ready` hears once whether the ring could be set up (and how
@@ -168,12 +119,7 @@ pub fn run(spec: WorkerSpec, ready: crossbeam::channel::Sender<Result<u32, Strin
     };
     let result = worker.event_loop().map_err(err("event loop"));
     worker.pipes.clear(&worker.ring.submitter());
-    for a in &worker.acceptors {
-        if !a.closed {
-            // SAFETY: the listening socket is owned by this worker.
-            unsafe { libc::close(a.fd) };
-        }
-    }
+    worker.close_listening_sockets();
     result
 }
 
@@ -191,72 +137,31 @@ impl Worker {
         let now = Instant::now();
         Ok(Worker {
             id: spec.id,
-            ring,
-            backlog: VecDeque::new(),
+            ring: Ring::new(ring),
             layout,
             pipes: PipePool::new(layout.pipe_base(), layout.pipes, MAX_IDLE_PIPES),
-            buffers: BufferPool::new(MAX_BUFFERS),
+            memory: MemoryPool::new(MAX_BUFFERS),
             shared: spec.shared,
             table: spec.table,
             stats: spec.stats,
             acceptors: spec.listen_fds.into_iter().map(|(fd, listener)| Acceptor::new(fd, listener)).collect(),
             control: spec.control,
             accept_backoff_until: None,
-            conns: Vec::new(),
+            slots: Vec::new(),
             free: Vec::new(),
             live: 0,
-            parked: VecDeque::new(),
-            pipe_waiters: VecDeque::new(),
+            parked: Default::default(),
+            waiting: Waiting::default(),
             balance: Vec::new(),
-            queue: VecDeque::new(),
             now,
             shutting_down: None,
             tick_ts: types::Timespec::from(TICK),
             wake_fd: spec.wake_fd,
             last_idle_sweep: now,
             accept_log: RateLimited::new(),
-            pipe_log: RateLimited::new(),
-            connect_log: RateLimited::new(),
+            logs: Logs::new(),
             steps: Vec::with_capacity(8),
         })
-    }
-
-    /// Queues entries that must reach the kernel together (a linked chain stays in one batch).
-    pub fn push(&mut self, entries: &[squeue::Entry]) {
-        if self.backlog.is_empty() && self.sq_room() < entries.len() {
-            // Make room now rather than split a chain; errors surface at the next submit.
-            let _ = self.ring.submit();
-        }
-        if self.backlog.is_empty() && self.sq_room() >= entries.len() {
-            let mut sq = self.ring.submission();
-            for e in entries {
-                // SAFETY: every pointer in an entry (addresses, timespecs, option values) points
-                // into a boxed connection or the worker, which outlive the operation.
-                let pushed = unsafe { sq.push(e) };
-                debug_assert!(pushed.is_ok());
-            }
-        } else {
-            self.backlog.push_back(entries.to_vec());
-        }
-    }
-
-    fn sq_room(&mut self) -> usize {
-        let sq = self.ring.submission();
-        sq.capacity() - sq.len()
-    }
-
-    fn flush_backlog(&mut self) {
-        while let Some(len) = self.backlog.front().map(Vec::len) {
-            if self.sq_room() < len {
-                return;
-            }
-            let chain = self.backlog.pop_front().unwrap_or_default();
-            let mut sq = self.ring.submission();
-            for e in &chain {
-                // SAFETY: as in `push`.
-                let _ = unsafe { sq.push(e) };
-            }
-        }
     }
 
     fn event_loop(&mut self) -> io::Result<()> {
@@ -265,22 +170,16 @@ impl Worker {
         self.update_accepts();
         let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(CQ_ENTRIES as usize);
         loop {
-            self.flush_backlog();
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)) => {}
-                Err(e) => return Err(e),
-            }
+            self.ring.flush_backlog();
+            self.ring.submit_and_wait()?;
             self.now = Instant::now();
-            cqes.clear();
-            cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+            self.ring.reap(&mut cqes);
             for &(user_data, res, flags) in &cqes {
                 self.dispatch(user_data, res, flags);
             }
             if self.finished() {
                 // Push out the last closes before the ring goes away.
-                self.flush_backlog();
-                let _ = self.ring.submit();
+                self.ring.submit();
                 return Ok(());
             }
         }
@@ -290,7 +189,7 @@ impl Worker {
         self.shutting_down.is_some()
             && self.live == 0
             && self.parked.is_empty()
-            && self.acceptors.iter().all(|a| a.closed)
+            && self.acceptors.iter().all(Acceptor::is_closed)
     }
 
     fn dispatch(&mut self, user_data: u64, res: i32, flags: u32) {
@@ -309,13 +208,134 @@ impl Worker {
                     debug!(worker = self.id, res, "close of a registered descriptor failed");
                 }
             }
-            _ => self.on_conn_completion(op, slot, gen, res, more),
+            _ => {
+                if self.conn(slot, gen).is_none() {
+                    debug!(worker = self.id, ?op, slot, "completion for a recycled slot ignored");
+                    return;
+                }
+                self.with_conn(slot, |conn, ctx| conn.on_completion(ctx, op, res, more));
+            }
+        }
+    }
+
+    /// The connection in `slot` if it is still generation `gen`.
+    fn conn(&self, slot: u32, gen: u32) -> Option<&Conn> {
+        let entry = self.slots.get(slot as usize)?;
+        (entry.gen == gen).then_some(entry.conn.as_ref()?)
+    }
+
+    /// Hands the connection in `slot` one event, then does what its outcome asks of the worker:
+    /// wake flows parked on the buffers it gave back, and when it closed, free its slot and let
+    /// queued and parked clients have it.
+    fn with_conn(&mut self, slot: u32, event: impl FnOnce(&mut Conn, &mut Ctx<'_>) -> Life) {
+        let Some(conn) = self.slots.get_mut(slot as usize).and_then(|s| s.conn.as_mut()) else { return };
+        let mut ctx = Ctx {
+            worker: self.id,
+            now: self.now,
+            ring: &mut self.ring,
+            pipes: &mut self.pipes,
+            memory: &mut self.memory,
+            balance: &mut self.balance,
+            waiting: &mut self.waiting,
+            logs: &mut self.logs,
+            steps: &mut self.steps,
+            log_connections: self.shared.log_connections.load(Ordering::Relaxed),
+            freed_buffers: 0,
+        };
+        let life = event(conn, &mut ctx);
+        let freed = ctx.freed_buffers;
+        if life == Life::Closed {
+            self.free_slot(slot);
+        }
+        for _ in 0..freed {
+            self.wake_buffer_waiter();
+        }
+        if life == Life::Closed {
+            self.process_queue();
+            self.start_parked();
+            self.update_accepts();
+        }
+    }
+
+    /// A client was accepted into registered slot `client`; it is already counted against the
+    /// limits (see `Shared::try_reserve`).
+    fn open_connection(&mut self, listener: usize, client: u32, peer: SocketAddr) {
+        let listener = self.acceptors[listener].listener.clone();
+        let Some(slot) = self.alloc_slot() else {
+            // The slab is as large as the accept range, so this cannot happen; close rather than leak.
+            self.ring.push(&[close_entry(client)]);
+            self.shared.release(&listener);
+            listener.stats.closed(self.id, CloseCause::NoServer);
+            return;
+        };
+        let backend = self.layout.backend_slot(slot);
+        let table = self.table.load_full();
+        let splice = self.shared.splice_mode();
+        let entry = &mut self.slots[slot as usize];
+        entry.conn = Some(Conn::new(slot, entry.gen, backend, listener, client, peer, table, splice, self.now));
+        self.live += 1;
+        self.with_conn(slot, |conn, ctx| conn.start(ctx));
+    }
+
+    /// A free connection slot, growing the slab up to the layout's limit.
+    fn alloc_slot(&mut self) -> Option<u32> {
+        if let Some(slot) = self.free.pop() {
+            return Some(slot);
+        }
+        let next = self.slots.len() as u32;
+        if next >= self.layout.conns {
+            return None;
+        }
+        self.slots.push(Box::new(Slot { gen: 0, conn: None }));
+        Some(next)
+    }
+
+    /// The slot's connection has closed: give back its counts and the slot.
+    fn free_slot(&mut self, slot: u32) {
+        let entry = &mut self.slots[slot as usize];
+        let Some(conn) = entry.conn.take() else { return };
+        entry.gen = entry.gen.wrapping_add(1);
+        self.free.push(slot);
+        self.live -= 1;
+        self.shared.release(conn.listener());
+    }
+
+    /// Gives a buffer just returned to the first flow still parked on one.
+    fn wake_buffer_waiter(&mut self) {
+        while let Some((slot, gen, dir)) = self.waiting.buffer.pop_front() {
+            if !self.conn(slot, gen).is_some_and(|c| c.is_waiting_buffer(dir)) {
+                continue;
+            }
+            self.with_conn(slot, |conn, ctx| conn.resume(ctx, dir));
+            return;
+        }
+    }
+
+    /// Periodic retry for flows parked on the buffer pools (e.g. after pipe creation failed).
+    fn retry_buffer_waiters(&mut self) {
+        for _ in 0..self.waiting.buffer.len() {
+            let before = self.waiting.buffer.len();
+            self.wake_buffer_waiter();
+            if self.waiting.buffer.len() >= before {
+                break;
+            }
+        }
+    }
+
+    /// Retries queued clients (a slot may have freed, here or in another worker) and closes those
+    /// whose `queue_timeout` has passed. Runs on every tick and after every local close.
+    fn process_queue(&mut self) {
+        for _ in 0..self.waiting.server.len() {
+            let Some((slot, gen)) = self.waiting.server.pop_front() else { return };
+            if self.conn(slot, gen).is_some_and(Conn::is_queued) {
+                self.with_conn(slot, |conn, ctx| conn.retry_queued(ctx));
+            }
         }
     }
 
     fn arm_tick(&mut self) {
         let e = opcode::Timeout::new(&self.tick_ts).build().user_data(ops::encode(Op::Tick, 0, 0));
-        self.push(&[e]);
+        self.ring.push(&[e]);
     }
 
     fn arm_wake(&mut self) {
@@ -323,7 +343,7 @@ impl Worker {
             .multi(true)
             .build()
             .user_data(ops::encode(Op::Wake, 0, 0));
-        self.push(&[e]);
+        self.ring.push(&[e]);
     }
 
     fn on_wake(&mut self, more: bool) {
@@ -336,23 +356,14 @@ impl Worker {
                     debug!(worker = self.id, listener = %listener.name, "listener added");
                     self.acceptors.push(Acceptor::new(fd, listener));
                 }
-                Control::RetireListener { name } => {
-                    for a in self.acceptors.iter_mut().filter(|a| a.listener.name == name && !a.retired) {
-                        a.retired = true;
-                    }
-                }
+                Control::RetireListener { name } => self.retire_listener(&name),
             }
             self.update_accepts();
         }
         if self.shared.shutdown.load(Ordering::SeqCst) && self.shutting_down.is_none() {
             self.shutting_down = Some(self.now + self.shared.grace());
             debug!(worker = self.id, live = self.live, "stopping: no new connections");
-            // Parked clients were never served: close them with the listeners.
-            while let Some((listener, client, _)) = self.parked.pop_front() {
-                let e = opcode::Close::new(types::Fixed(client)).build().user_data(ops::encode(Op::Close, 0, 0));
-                self.push(&[e]);
-                self.listener_stats(listener).closed(self.id, CloseCause::Shutdown);
-            }
+            self.close_parked();
             self.update_accepts();
             return;
         }
@@ -369,7 +380,7 @@ impl Worker {
         if let Some(deadline) = self.shutting_down {
             if self.now >= deadline && self.live > 0 {
                 info!(worker = self.id, open = self.live, "shutdown grace over: closing open connections");
-                self.close_all(CloseCause::Shutdown);
+                self.close_every(|_| true, CloseCause::Shutdown);
             }
         }
         if self.accept_backoff_until.is_some_and(|t| self.now >= t) {
@@ -380,49 +391,20 @@ impl Worker {
             self.start_parked();
         }
         self.update_accepts();
-        self.retry_pipe_waiters();
-        let sweep_every = Duration::from_millis(250);
-        if self.now.duration_since(self.last_idle_sweep) >= sweep_every {
+        self.retry_buffer_waiters();
+        if self.now.duration_since(self.last_idle_sweep) >= IDLE_SWEEP_EVERY {
             self.last_idle_sweep = self.now;
-            self.sweep_idle();
+            let now = self.now;
+            self.close_every(|conn| conn.is_idle(now), CloseCause::IdleTimeout);
         }
     }
 
-    /// A free connection slot, growing the slab up to the layout's limit.
-    pub fn alloc_slot(&mut self) -> Option<u32> {
-        if let Some(slot) = self.free.pop() {
-            return Some(slot);
-        }
-        let next = self.conns.len() as u32;
-        if next >= self.layout.conns {
-            return None;
-        }
-        self.conns.push(Box::new(Conn::new()));
-        Some(next)
-    }
-
-    pub fn release_slot(&mut self, slot: u32) {
-        let conn = &mut self.conns[slot as usize];
-        conn.gen = conn.gen.wrapping_add(1);
-        conn.phase = Phase::Free;
-        conn.table = None;
-        self.free.push(slot);
-    }
-
-    fn sweep_idle(&mut self) {
-        let now = self.now;
-        for slot in 0..self.conns.len() as u32 {
-            let c = &self.conns[slot as usize];
-            if c.phase == Phase::Proxying && now.duration_since(c.last_active) >= c.idle_timeout {
-                self.begin_close(slot, CloseCause::IdleTimeout);
-            }
-        }
-    }
-
-    fn close_all(&mut self, cause: CloseCause) {
-        for slot in 0..self.conns.len() as u32 {
-            if matches!(self.conns[slot as usize].phase, Phase::Connecting | Phase::Proxying) {
-                self.begin_close(slot, cause);
+    /// Closes every open connection that `which` selects.
+    fn close_every(&mut self, which: impl Fn(&Conn) -> bool, cause: CloseCause) {
+        for slot in 0..self.slots.len() as u32 {
+            let selected = self.slots[slot as usize].conn.as_ref().is_some_and(|c| c.is_open() && which(c));
+            if selected {
+                self.with_conn(slot, |conn, ctx| conn.close(ctx, cause));
             }
         }
     }
@@ -481,30 +463,4 @@ fn register_alloc_range(ring: &IoUring, off: u32, len: u32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layout_fits_the_descriptor_limit() {
-        let l = SlotLayout::fit(20_000, 100_000);
-        assert!(l.table_size() <= 20_000);
-        assert_eq!(l.pipes, 1024);
-        assert_eq!(l.conns, 8976);
-        assert_eq!(l.backend_slot(0), l.conns);
-        assert!(l.pipe_base() + 2 * l.pipes <= l.table_size());
-    }
-
-    #[test]
-    fn layout_never_exceeds_max_connections() {
-        assert_eq!(SlotLayout::fit(1 << 20, 1000).conns, 1000);
-    }
-
-    #[test]
-    fn layout_survives_a_tiny_limit() {
-        let l = SlotLayout::fit(64, 100);
-        assert!(l.table_size() <= 64);
-    }
 }

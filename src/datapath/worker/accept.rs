@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use io_uring::{opcode, types};
 
-use super::ops::{self, Op};
-use super::worker::{Worker, UNKNOWN_PEER};
-use super::ListenerShared;
+use super::{Worker, UNKNOWN_PEER};
+use crate::datapath::conn::close_entry;
+use crate::datapath::ops::{self, Op};
+use crate::datapath::ListenerShared;
 use crate::metrics::{CloseCause, ListenerStats};
 
 /// Below this many free connection slots, accepts switch from multishot to one at a time, and at
@@ -30,20 +31,20 @@ const MULTISHOT_MARGIN: u32 = 256;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum AcceptState {
+enum AcceptState {
     Idle,
     Multi,
     Single,
     Cancelling,
 }
 
-pub struct Acceptor {
-    pub(super) fd: RawFd,
-    pub listener: Arc<ListenerShared>,
-    pub(super) state: AcceptState,
+pub(super) struct Acceptor {
+    fd: RawFd,
+    pub(super) listener: Arc<ListenerShared>,
+    state: AcceptState,
     /// Removed by a reload: stop accepting, close the socket; connections go on.
-    pub(super) retired: bool,
-    pub(super) closed: bool,
+    retired: bool,
+    closed: bool,
     /// Where a single-shot accept writes the client's address (boxed: the kernel writes into it
     /// after submission). Only listeners whose pool hashes on the client address use it, as a
     /// multishot accept cannot return addresses and a direct descriptor has no getpeername.
@@ -61,6 +62,11 @@ impl Acceptor {
             // SAFETY: all-zero is a valid sockaddr_storage.
             peer: Box::new((unsafe { std::mem::zeroed() }, 0)),
         }
+    }
+
+    /// Its listening socket is closed (no accept can be in flight on it any more).
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed
     }
 
     fn peer(&self) -> SocketAddr {
@@ -85,8 +91,32 @@ impl Acceptor {
 }
 
 impl Worker {
+    /// A reload removed listener `name`: stop accepting on it; its connections go on.
+    pub(super) fn retire_listener(&mut self, name: &str) {
+        for a in self.acceptors.iter_mut().filter(|a| a.listener.name == name && !a.retired) {
+            a.retired = true;
+        }
+    }
+
+    /// Worker exit: close the listening sockets still open.
+    pub(super) fn close_listening_sockets(&mut self) {
+        for a in self.acceptors.iter_mut().filter(|a| !a.closed) {
+            // SAFETY: the listening socket is owned by this worker.
+            unsafe { libc::close(a.fd) };
+            a.closed = true;
+        }
+    }
+
+    /// Shutdown: parked clients were never served; close them with the listeners.
+    pub(super) fn close_parked(&mut self) {
+        while let Some((listener, client, _)) = self.parked.pop_front() {
+            self.ring.push(&[close_entry(client)]);
+            self.listener_stats(listener).closed(self.id, CloseCause::Shutdown);
+        }
+    }
+
     /// Connection slots this worker may still fill now. Nothing while a client is parked.
-    pub(super) fn accept_room(&self) -> u32 {
+    fn accept_room(&self) -> u32 {
         if !self.parked.is_empty() {
             return 0;
         }
@@ -98,7 +128,7 @@ impl Worker {
 
     /// Whether listener `i` needs client addresses: its pool balances on them, or connections
     /// are logged. Then its accepts capture them.
-    pub(super) fn wants_peer(&self, i: usize) -> bool {
+    fn wants_peer(&self, i: usize) -> bool {
         if self.shared.log_connections.load(Ordering::Relaxed) {
             return true;
         }
@@ -108,7 +138,7 @@ impl Worker {
     }
 
     /// Starts parked clients while the limits allow, oldest first.
-    pub fn start_parked(&mut self) {
+    pub(super) fn start_parked(&mut self) {
         while let Some(&(listener, client, ip)) = self.parked.front() {
             if !self.shared.try_reserve(&self.acceptors[listener].listener) {
                 return;
@@ -119,7 +149,7 @@ impl Worker {
     }
 
     /// Brings every acceptor to the state the limits, back-off and shutdown call for.
-    pub fn update_accepts(&mut self) {
+    pub(super) fn update_accepts(&mut self) {
         let room = self.accept_room();
         for i in 0..self.acceptors.len() {
             let listener = &self.acceptors[i].listener;
@@ -155,7 +185,7 @@ impl Worker {
                         .build()
                         .user_data(ops::encode(Op::Accept, i as u32, 0));
                     self.acceptors[i].state = AcceptState::Multi;
-                    self.push(&[e]);
+                    self.ring.push(&[e]);
                 }
                 (AcceptState::Idle, AcceptState::Single) => {
                     let a = &mut self.acceptors[i];
@@ -171,7 +201,7 @@ impl Worker {
                     .build()
                     .user_data(ops::encode(Op::Accept, i as u32, 0));
                     self.acceptors[i].state = AcceptState::Single;
-                    self.push(&[e]);
+                    self.ring.push(&[e]);
                 }
                 (AcceptState::Idle, _) => {}
                 (AcceptState::Single, AcceptState::Multi) => {} // upgrades when the single one completes
@@ -180,7 +210,7 @@ impl Worker {
                         .build()
                         .user_data(ops::encode(Op::AcceptCancel, i as u32, 0));
                     self.acceptors[i].state = AcceptState::Cancelling;
-                    self.push(&[e]);
+                    self.ring.push(&[e]);
                 }
             }
         }
@@ -195,8 +225,7 @@ impl Worker {
         }
         if res >= 0 && self.shutting_down.is_some() {
             // Accepted just before the cancel landed: too late to serve.
-            let e = opcode::Close::new(types::Fixed(res as u32)).build().user_data(ops::encode(Op::Close, 0, 0));
-            self.push(&[e]);
+            self.ring.push(&[close_entry(res as u32)]);
             self.listener_stats(listener).closed(self.id, CloseCause::Shutdown);
         } else if res >= 0 {
             // Another worker may have taken the last slot since this accept was armed: then the
@@ -244,7 +273,7 @@ impl Worker {
     }
 
     /// The metric block of the listener with acceptor index `listener`.
-    pub fn listener_stats(&self, listener: usize) -> &ListenerStats {
+    fn listener_stats(&self, listener: usize) -> &ListenerStats {
         &self.acceptors[listener].listener.stats
     }
 }
