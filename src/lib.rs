@@ -6,8 +6,8 @@
 //!                  control plane                          data path (one per core)
 //!   ┌────────────────────────────────────┐      ┌───────────────────────────────────────────┐
 //!   │ main.rs: config, signals, preflight│      │ worker N: one io_uring                    │
-//!   │ control/: hostcheck, privdrop, pid,│      │   SO_REUSEPORT listener ─accept─▶ slab    │
-//!   │   reload (SIGHUP ─▶ prober, workers)│      │   small messages: recv/send via a buffer  │
+//!   │ control/: hostcheck, privdrop, pid │      │   SO_REUSEPORT listener ─accept─▶ slab    │
+//!   │ reload: SIGHUP ─▶ prober, workers  │      │   small messages: recv/send via a buffer  │
 //!   │ health prober thread ──────────────┼─────▶│   client ─splice─▶ pipe ─splice─▶ backend │
 //!   │   (single writer of the table)     │ table│   backend ─splice─▶ pipe ─splice─▶ client │
 //!   │ admin thread: /metrics /ready /api │(arc- │   sockets and pipes: registered (direct)  │
@@ -23,10 +23,12 @@
 //!   connect, proxying, replay, teardown) is in `datapath::conn`; one direction's pure state
 //!   machine in `datapath::flow`.
 //!   It depends on [`config`], [`table`], [`metrics`] and nothing in the control plane.
-//! - [`table`]: the backend table, one immutable snapshot of pools and servers behind arc-swap.
+//! - [`table`]: the backend table, one immutable snapshot behind arc-swap of everything a worker
+//!   reads per connection: pools, servers, listener routes, limits, `[runtime]` settings.
 //! - [`config`]: TOML -> raw serde structs -> validated typed config, errors as `file:line:col`.
 //! - [`balance`]: balancing policies as pure code.
-//! - [`control`]: signals, host checks, privilege drop, the pid file, configuration reload.
+//! - [`control`]: OS plumbing: signals, host checks, privilege drop, the pid file.
+//! - [`reload`]: configuration reload, orchestrated next to `main` (prober, then workers).
 //! - [`health`]: the health prober, single writer of the table (active checks, passive detection,
 //!   operators' drain/disable/enable).
 //! - [`metrics`]: every metric name, the counter blocks the workers and the prober write (each
@@ -51,4 +53,5 @@ pub mod datapath;
 pub mod demo_backend;
 pub mod health;
 pub mod metrics;
+pub mod reload;
 pub mod table;

@@ -11,7 +11,7 @@ use ringlb::admin::{self, AdminContext, AdminListener, Status};
 use ringlb::config;
 use ringlb::control::pidfile::{self, PidFile};
 use ringlb::control::signals::{self, Signal};
-use ringlb::control::{hostcheck, privdrop, reload};
+use ringlb::control::{hostcheck, privdrop};
 use ringlb::datapath::DataPath;
 use ringlb::health::Prober;
 use ringlb::metrics::Metrics;
@@ -278,8 +278,7 @@ fn run(path: &Path) -> Result<(), String> {
             }
             Some(Signal::Reload) if !stopping => {
                 info!("SIGHUP: reloading {}", path.display());
-                config = reload::reload(path, config, &mut datapath, &prober);
-                metrics.set_config(&config);
+                config = ringlb::reload::reload(path, config, &mut datapath, &prober, &metrics);
             }
             _ => {}
         }

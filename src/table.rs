@@ -1,7 +1,10 @@
-//! The backend table: one immutable snapshot of every pool and server, published through
-//! arc-swap. Workers load it per connection; the health prober is its single writer and publishes
-//! a new one whenever a server changes state. Nothing here blocks or allocates on the workers' hot
-//! path beyond an `Arc` clone.
+//! The backend table: one immutable snapshot of everything a worker reads to serve a new
+//! connection (every pool and server, where each listener sends its clients, the limits and the
+//! `[runtime]` settings a connection keeps for its life), published through arc-swap. Workers
+//! load it once per connection; the health prober is its single writer and publishes a new one
+//! whenever a server changes state or a reload changes the config, so a reload is one atomic
+//! switch: no client can see the new pools with the old routes. Nothing here blocks or allocates
+//! on the workers' hot path beyond an `Arc` clone.
 //!
 //! A snapshot also carries what outlives it, shared by every snapshot of a pool: the counters of
 //! clients that found every server down, and the channel on which workers report connect outcomes
@@ -10,24 +13,47 @@
 //! snapshot for the same pool and server name, so that counting survives each publish.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::channel::Sender;
 
-use crate::balance::{Balancer, BuildError, Policy, ServerSpec};
-use crate::config::{Balance, Config, OnAllDown, PoolConfig};
-use crate::metrics::{PoolStats, ServerStats};
+use crate::balance::{Balancer, BuildError, ServerSpec};
+use crate::config::{Config, OnAllDown, PoolConfig, SpliceMode};
+use crate::metrics::{PoolCounters, PoolStats, PoolView, ServerStats, ServerView};
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct BackendTable {
     pub pools: Vec<PoolTable>,
+    /// Where each configured listener sends its connections, and its limit.
+    pub routes: Vec<Route>,
+    /// What `[runtime]` says about new connections.
+    pub runtime: RuntimeView,
     /// Raised by every publish. Connect reports carry the version of the snapshot their
     /// connection used, so that a report about an older server list is never applied to a newer
     /// one.
     pub version: u64,
+}
+
+/// One listener's route: the pool its new connections go to.
+#[derive(Debug)]
+pub struct Route {
+    pub listener: String,
+    /// Index in `pools` (validation guarantees the pool exists).
+    pub pool: usize,
+    /// The listener's `max_connections`.
+    pub max_connections: u32,
+}
+
+/// The `[runtime]` settings a worker reads per connection.
+#[derive(Debug, Default)]
+pub struct RuntimeView {
+    pub splice: SpliceMode,
+    pub log_connections: bool,
+    /// The process-wide `max_connections`.
+    pub max_connections: u32,
 }
 
 #[derive(Debug)]
@@ -82,6 +108,9 @@ pub enum ServerState {
 }
 
 impl ServerState {
+    pub const ALL: [ServerState; 4] =
+        [ServerState::Up, ServerState::Down, ServerState::Draining, ServerState::Disabled];
+
     pub fn name(self) -> &'static str {
         match self {
             ServerState::Up => "up",
@@ -107,19 +136,6 @@ impl ServerEntry {
             0
         }
     }
-}
-
-/// Clients of one pool that found every server down, over the life of the process.
-#[derive(Debug, Default)]
-pub struct PoolCounters {
-    /// Closed at once (`on_all_down = "reject"`).
-    pub rejected: AtomicU64,
-    /// Sent to a server whatever its health (`on_all_down = "fail-open"`).
-    pub failed_open: AtomicU64,
-    /// Clients that waited because every server was at its max_connections.
-    pub queued: AtomicU64,
-    /// Of those, closed after `queue_timeout` without a slot.
-    pub queue_timeouts: AtomicU64,
 }
 
 /// How one connect attempt to a server ended, as a worker saw it.
@@ -233,7 +249,7 @@ impl BackendTable {
                 })
                 .collect();
             let before = previous.and_then(|t| t.pools.iter().find(|old| old.name == pool.name));
-            let balancer = Balancer::build(policy(pool), &specs, before.map(|old| &old.balancer))
+            let balancer = Balancer::build(pool.balance, &specs, before.map(|old| &old.balancer))
                 .map_err(|source| TableError { pool: pool.name.clone(), source })?;
             pools.push(PoolTable {
                 name: pool.name.clone(),
@@ -251,11 +267,52 @@ impl BackendTable {
                 servers,
             });
         }
-        Ok(BackendTable { pools, version })
+        let routes = config
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let pool = pools.iter().position(|p| p.name == l.pool)?;
+                Some(Route { listener: l.name.clone(), pool, max_connections: l.max_connections })
+            })
+            .collect();
+        let runtime = RuntimeView {
+            splice: config.runtime.splice,
+            log_connections: config.runtime.log_connections,
+            max_connections: config.runtime.max_connections,
+        };
+        Ok(BackendTable { pools, routes, runtime, version })
     }
 
     pub fn pool_index(&self, name: &str) -> Option<usize> {
         self.pools.iter().position(|p| p.name == name)
+    }
+
+    /// What a metrics scrape shows of this table's pools and servers.
+    pub fn scrape_view(&self) -> Vec<PoolView<'_>> {
+        self.pools
+            .iter()
+            .map(|p| PoolView {
+                name: &p.name,
+                stats: &p.stats,
+                counters: &p.counters,
+                servers: p
+                    .servers
+                    .iter()
+                    .map(|s| ServerView {
+                        name: &s.name,
+                        stats: &s.stats,
+                        states: ServerState::ALL.map(|state| (state.name(), s.state == state)),
+                        effective_weight: s.effective_weight(),
+                        usable: s.usable(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The route of the listener named `listener`; `None` once a reload removed it.
+    pub fn route(&self, listener: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.listener == listener)
     }
 
     /// Tells the prober how a connect to `servers[server]` of `pools[pool]` ended, if the pool
@@ -274,17 +331,6 @@ impl BackendTable {
 pub struct TableError {
     pub pool: String,
     pub source: BuildError,
-}
-
-/// The balancing policy a pool's config asks for.
-fn policy(pool: &PoolConfig) -> Policy {
-    match pool.balance {
-        Balance::RoundRobin => Policy::RoundRobin,
-        Balance::LeastConn => Policy::LeastConn,
-        Balance::SourceHash => Policy::SourceHash { table_size: pool.hash_table_size },
-        Balance::RandomTwo => Policy::RandomTwo,
-        Balance::First => Policy::First,
-    }
 }
 
 /// The handle shared by the control plane (writer) and every worker (readers).
@@ -385,5 +431,23 @@ mod tests {
         t.report_connect(5, 0, ConnectOutcome::TimedOut);
         drop(receiver);
         t.report_connect(0, 0, ConnectOutcome::TimedOut);
+    }
+
+    #[test]
+    fn the_table_routes_listeners_and_carries_the_runtime_settings() {
+        let text = "[runtime]\nmax_connections = 70\nsplice = \"never\"\nlog_connections = true\n\
+                    [listeners.web]\nbind = \"127.0.0.1:0\"\npool = \"b\"\nmax_connections = 5\n\
+                    [listeners.api]\nbind = \"127.0.0.1:0\"\npool = \"a\"\n\
+                    [[pools.a.servers]]\naddr = \"127.0.0.1:9001\"\n[[pools.b.servers]]\naddr = \"127.0.0.1:9002\"\n";
+        let config = crate::config::parse(text, Path::new("x.toml")).expect("valid config");
+        let handles = [PoolHandles::default(), PoolHandles::default()];
+        let t = BackendTable::build(&config, 1, &handles, None, |_, _| (ServerState::Up, None)).expect("valid");
+        let web = t.route("web").expect("web is routed");
+        assert_eq!((t.pools[web.pool].name.as_str(), web.max_connections), ("b", 5));
+        assert_eq!(t.pools[t.route("api").expect("api is routed").pool].name, "a");
+        assert!(t.route("gone").is_none(), "a listener outside the config has no route");
+        assert_eq!(t.runtime.splice, SpliceMode::Never);
+        assert!(t.runtime.log_connections);
+        assert_eq!(t.runtime.max_connections, 70);
     }
 }

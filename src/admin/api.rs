@@ -90,7 +90,7 @@ fn ready(ctx: &AdminContext) -> Response {
 }
 
 fn metrics(ctx: &AdminContext) -> Response {
-    let text = ctx.metrics.render(&ctx.table.load(), ctx.status.draining());
+    let text = ctx.metrics.render(&ctx.table.load().scrape_view(), ctx.status.draining());
     Response { status: 200, content_type: PROMETHEUS, body: text.into_bytes(), allow: None }
 }
 

@@ -138,6 +138,22 @@ pub enum Policy {
     First,
 }
 
+impl Policy {
+    /// The names `balance` accepts, as error messages list them.
+    pub const EXPECTED: &'static str = "round-robin, least-conn, source-hash, random-two or first";
+
+    /// The spelling used in the configuration file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round-robin",
+            Policy::LeastConn => "least-conn",
+            Policy::SourceHash { .. } => "source-hash",
+            Policy::RandomTwo => "random-two",
+            Policy::First => "first",
+        }
+    }
+}
+
 impl FromStr for Policy {
     type Err = UnknownPolicy;
 
@@ -156,21 +172,12 @@ impl FromStr for Policy {
 
 impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Policy::RoundRobin => "round-robin",
-            Policy::LeastConn => "least-conn",
-            Policy::SourceHash { .. } => "source-hash",
-            Policy::RandomTwo => "random-two",
-            Policy::First => "first",
-        })
+        f.write_str(self.name())
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown balance policy `{0}` \
-     (expected round-robin, least-conn, source-hash, random-two or first)"
-)]
+#[error("unknown balance policy `{0}` (expected {expected})", expected = Policy::EXPECTED)]
 pub struct UnknownPolicy(pub String);
 
 /// Why a balancer could not be built from a pool's servers.

@@ -24,6 +24,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::balance::Policy;
+
 pub use duration::DurationError;
 pub use locate::{KeyPath, Position};
 
@@ -39,7 +41,7 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// `admin.bind` when absent: loopback only, the admin endpoints are not for the outside.
 pub const DEFAULT_ADMIN_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9900);
 /// `pools.*.balance` when absent.
-pub const DEFAULT_BALANCE: Balance = Balance::RoundRobin;
+pub const DEFAULT_BALANCE: Policy = Policy::RoundRobin;
 /// `pools.*.connect_timeout` when absent.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// `pools.*.idle_timeout` when absent.
@@ -51,14 +53,13 @@ pub const MAX_RETRIES: u32 = 100;
 /// `pools.*.servers[].weight` when absent.
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// Upper bound of `pools.*.servers[].weight`.
-pub const MAX_WEIGHT: u32 = 256;
+pub use crate::balance::MAX_WEIGHT;
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Maglev's lookup table: a prime well above the server count keeps the shares within 1 %.
-pub const DEFAULT_HASH_TABLE_SIZE: u32 = 65537;
-pub const MAX_HASH_TABLE_SIZE: u32 = 1 << 24;
 /// Servers one pool may have (the balancing policies index them with 16 bits and build tables
 /// per pool; far beyond any real pool).
-pub const MAX_SERVERS: usize = 1024;
+pub use crate::balance::MAX_SERVERS;
+/// Maglev's lookup table: a prime well above the server count keeps the shares within 1 %.
+pub use crate::balance::{DEFAULT_TABLE_SIZE as DEFAULT_HASH_TABLE_SIZE, MAX_TABLE_SIZE as MAX_HASH_TABLE_SIZE};
 /// `pools.*.health.interval` when absent; `timeout` defaults to the interval.
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// `pools.*.health.rise` when absent: consecutive successful checks that bring a server up.
@@ -115,9 +116,10 @@ pub struct RuntimeConfig {
 
 /// `runtime.splice`: when the data path uses splice (through pipes, on io-wq kernel threads)
 /// rather than recv/send through a memory buffer (completed inline).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SpliceMode {
     /// Copy small messages; splice a direction once it carries a bulk transfer.
+    #[default]
     Auto,
     /// Splice everything.
     Always,
@@ -150,35 +152,11 @@ pub struct ListenerConfig {
     pub max_connections: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Balance {
-    RoundRobin,
-    LeastConn,
-    SourceHash,
-    RandomTwo,
-    First,
-}
-
-impl Balance {
-    pub const ALL: [Balance; 5] =
-        [Balance::RoundRobin, Balance::LeastConn, Balance::SourceHash, Balance::RandomTwo, Balance::First];
-
-    /// The spelling used in the file.
-    pub fn name(self) -> &'static str {
-        match self {
-            Balance::RoundRobin => "round-robin",
-            Balance::LeastConn => "least-conn",
-            Balance::SourceHash => "source-hash",
-            Balance::RandomTwo => "random-two",
-            Balance::First => "first",
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub name: String,
-    pub balance: Balance,
+    /// `balance`, with `hash_table_size` in its source-hash variant.
+    pub balance: Policy,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     /// Extra attempts on other servers after a refused or timed-out connect.
@@ -188,8 +166,6 @@ pub struct PoolConfig {
     /// When a server resets or closes a connection before its first byte, replay the client's
     /// bytes (if they are all still held) to another server. See `conn::replay`.
     pub retry_on_empty_response: bool,
-    /// Size of the source-hash (Maglev) lookup table, a prime.
-    pub hash_table_size: u32,
     pub health: HealthConfig,
     pub servers: Vec<ServerConfig>,
 }
@@ -450,7 +426,7 @@ pub enum Problem {
     DuplicateBind { key: KeyPath, bind: SocketAddr, first: String },
     #[error("{key}: no pool named {pool:?}")]
     NoSuchPool { key: KeyPath, pool: String },
-    #[error("{key}: unknown balance {text:?}, expected round-robin, least-conn, source-hash, random-two or first")]
+    #[error("{key}: unknown balance {text:?}, expected {}", Policy::EXPECTED)]
     UnknownBalance { key: KeyPath, text: String },
     #[error("{key}: {value} is not a prime (source-hash needs a prime table size, e.g. 65537)")]
     NotPrime { key: KeyPath, value: u32 },

@@ -65,7 +65,7 @@ fn minimal_file_gets_every_default() {
     assert_eq!(listener.max_connections, 100_000);
     let pool = &config.pools[0];
     assert_eq!(pool.name, "web");
-    assert_eq!(pool.balance, Balance::RoundRobin);
+    assert_eq!(pool.balance, crate::balance::Policy::RoundRobin);
     assert_eq!(pool.connect_timeout, Duration::from_secs(2));
     assert_eq!(pool.idle_timeout, Duration::from_secs(300));
     assert_eq!(pool.retries, 2);

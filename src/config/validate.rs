@@ -17,12 +17,13 @@ use toml::Spanned;
 use super::locate::{KeyPath, Position};
 use super::raw::{Int, RawAdmin, RawConfig, RawPool, RawRuntime, RawServer};
 use super::{
-    duration, AdminConfig, Balance, Config, ListenerConfig, PoolConfig, Problem, Resolve, RuntimeConfig, ServerConfig,
+    duration, AdminConfig, Config, ListenerConfig, PoolConfig, Problem, Resolve, RuntimeConfig, ServerConfig,
     SpliceMode, DEFAULT_ADMIN_BIND, DEFAULT_BALANCE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_RETRIES, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WEIGHT, DEFAULT_WORKERS, MAX_RETRIES,
     MAX_WEIGHT, MAX_WORKERS,
 };
 use super::{DEFAULT_HASH_TABLE_SIZE, DEFAULT_QUEUE_TIMEOUT, MAX_HASH_TABLE_SIZE, MAX_SERVERS};
+use crate::balance::Policy;
 
 /// The longest listener or pool name; names end up in logs and metric labels.
 const MAX_NAME_LEN: usize = 64;
@@ -233,12 +234,10 @@ impl Checker<'_> {
     fn pool(&mut self, name: &Spanned<String>, pool: &RawPool, resolve: Resolve) -> PoolConfig {
         let key = KeyPath::root().key("pools").key(name.get_ref());
         self.name(name, &key, MAX_NAME_LEN, NAME_RULE, is_name_char);
-        let balance = match &pool.balance {
+        let balance = match pool.balance.as_ref().map(|text| (text, text.get_ref().parse::<Policy>())) {
             None => DEFAULT_BALANCE,
-            Some(text) if Balance::ALL.iter().any(|b| b.name() == text.get_ref()) => {
-                Balance::ALL.into_iter().find(|b| b.name() == text.get_ref()).unwrap_or(DEFAULT_BALANCE)
-            }
-            Some(text) => {
+            Some((_, Ok(policy))) => policy,
+            Some((text, Err(_))) => {
                 let problem = Problem::UnknownBalance { key: key.key("balance"), text: text.get_ref().clone() };
                 self.fail(text.span().start, problem);
                 DEFAULT_BALANCE
@@ -259,6 +258,10 @@ impl Checker<'_> {
                 DEFAULT_HASH_TABLE_SIZE
             }
             size => size.unwrap_or(DEFAULT_HASH_TABLE_SIZE),
+        };
+        let balance = match balance {
+            Policy::SourceHash { .. } => Policy::SourceHash { table_size: hash_table_size },
+            other => other,
         };
         if pool.servers.len() > MAX_SERVERS {
             let problem = Problem::TooManyServers { pool: key.clone(), count: pool.servers.len(), max: MAX_SERVERS };
@@ -302,7 +305,6 @@ impl Checker<'_> {
             retries,
             queue_timeout,
             retry_on_empty_response: pool.retry_on_empty_response.as_ref().is_some_and(|v| *v.get_ref()),
-            hash_table_size,
             health,
             servers,
         }

@@ -1,9 +1,8 @@
-//! The control plane: signals, host checks, privilege dropping and the pid file (the prober and
-//! the admin API have modules of their own). It talks to the data path only through the
-//! published backend table, metric handles and the shutdown signal.
+//! The control plane's OS plumbing: signals, host checks, privilege dropping and the pid file
+//! (the prober and the admin API have modules of their own; reload orchestration is
+//! [`crate::reload`], next to `main`). Nothing here imports the data path.
 
 pub mod hostcheck;
 pub mod pidfile;
 pub mod privdrop;
-pub mod reload;
 pub mod signals;

@@ -29,38 +29,31 @@ mod worker;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use crossbeam::channel::Sender;
 
-use crate::config::{Config, ListenerConfig, SpliceMode};
+use crate::config::{Config, ListenerConfig};
 use crate::metrics::{ListenerStats, Metrics};
-use crate::table::SharedTable;
+use crate::table::{BackendTable, SharedTable};
 
-/// State shared by every worker: limits, live counters and the shutdown flag. Written rarely
-/// (once per connection open/close, or by a reload), never per byte.
+/// State shared by every worker: live counters and the shutdown flag. Written rarely (once per
+/// connection open/close, or by a reload), never per byte. The limits those counters are held to
+/// are in the published table (see [`crate::table`]), with everything else a connection reads.
 pub struct Shared {
     pub shutdown: AtomicBool,
-    /// `SpliceMode` as `splice_mode_code`; a reload changes it for new connections.
-    pub splice: AtomicU8,
     pub grace_ms: AtomicU64,
-    pub max_connections: AtomicU32,
     pub active: AtomicU32,
-    /// `[runtime] log_connections`.
-    pub log_connections: AtomicBool,
 }
 
 /// One listener as every worker sees it. Workers keep it for as long as a connection accepted on
-/// it is open, also after a reload removed the listener.
+/// it is open, also after a reload removed the listener. Where its connections go is not here but
+/// in the table's routes, so that a reload switches pools and routes at once.
 pub struct ListenerShared {
     pub name: String,
-    /// The pool its connections go to (a reload may point it at another).
-    pub pool: ArcSwap<String>,
-    pub max_connections: AtomicU32,
     pub active: AtomicU32,
     /// Its metric block (each worker counts in its own slot), kept by name in the registry.
     pub stats: Arc<ListenerStats>,
@@ -68,44 +61,24 @@ pub struct ListenerShared {
 
 impl ListenerShared {
     fn new(config: &ListenerConfig, metrics: &Metrics) -> ListenerShared {
-        ListenerShared {
-            name: config.name.clone(),
-            pool: ArcSwap::from_pointee(config.pool.clone()),
-            max_connections: AtomicU32::new(config.max_connections),
-            active: AtomicU32::new(0),
-            stats: metrics.listener(&config.name),
-        }
-    }
-}
-
-fn splice_mode_code(mode: SpliceMode) -> u8 {
-    match mode {
-        SpliceMode::Auto => 0,
-        SpliceMode::Always => 1,
-        SpliceMode::Never => 2,
+        ListenerShared { name: config.name.clone(), active: AtomicU32::new(0), stats: metrics.listener(&config.name) }
     }
 }
 
 impl Shared {
-    pub fn splice_mode(&self) -> SpliceMode {
-        match self.splice.load(Ordering::Relaxed) {
-            1 => SpliceMode::Always,
-            2 => SpliceMode::Never,
-            _ => SpliceMode::Auto,
-        }
-    }
-
     pub fn grace(&self) -> Duration {
         Duration::from_millis(self.grace_ms.load(Ordering::Relaxed))
     }
 
-    /// Counts one more served connection against the process and listener limits, or fails if
-    /// either is reached (exact under concurrency: a compare-and-swap on each counter).
-    pub fn try_reserve(&self, listener: &ListenerShared) -> bool {
-        if !reserve(&self.active, self.max_connections.load(Ordering::Relaxed)) {
+    /// Counts one more served connection against the process and listener limits of `table`, or
+    /// fails if either is reached, or if the table no longer routes the listener (exact under
+    /// concurrency: a compare-and-swap on each counter).
+    pub fn try_reserve(&self, listener: &ListenerShared, table: &BackendTable) -> bool {
+        let Some(route) = table.route(&listener.name) else { return false };
+        if !reserve(&self.active, table.runtime.max_connections) {
             return false;
         }
-        if !reserve(&listener.active, listener.max_connections.load(Ordering::Relaxed)) {
+        if !reserve(&listener.active, route.max_connections) {
             self.active.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
@@ -202,11 +175,8 @@ impl DataPath {
         let workers = per_worker_fds.len();
         let shared = Arc::new(Shared {
             shutdown: AtomicBool::new(false),
-            splice: AtomicU8::new(splice_mode_code(config.runtime.splice)),
             grace_ms: AtomicU64::new(config.runtime.shutdown_grace.as_millis() as u64),
-            max_connections: AtomicU32::new(config.runtime.max_connections),
             active: AtomicU32::new(0),
-            log_connections: AtomicBool::new(config.runtime.log_connections),
         });
         let listener_state: Vec<Arc<ListenerShared>> =
             config.listeners.iter().map(|l| Arc::new(ListenerShared::new(l, &metrics))).collect();
@@ -270,17 +240,15 @@ impl DataPath {
         }
     }
 
-    /// Applies a reloaded configuration to the running workers, without a new process and without
-    /// touching open connections: runtime limits and the splice mode change for new connections;
-    /// listeners that left the config (or moved to another address) stop accepting, new ones are
-    /// bound and served, and the others follow their new pool and limit. Returns one line per
-    /// change. `runtime.workers` changes need a restart (reported by the caller).
+    /// Applies a reloaded configuration's listeners to the running workers, without a new
+    /// process and without touching open connections: listeners that left the config (or moved to
+    /// another address) stop accepting and new ones are bound and served. Routes, limits and the
+    /// splice mode are already in the table the prober published for this config (the caller
+    /// publishes first, so a new listener finds its route at its first client). Returns one line
+    /// per change. `runtime.workers` changes need a restart (reported by the caller).
     pub fn reload(&mut self, config: &Config) -> Result<Vec<String>, DataPathError> {
         let mut changes = Vec::new();
-        self.shared.max_connections.store(config.runtime.max_connections, Ordering::Relaxed);
-        self.shared.splice.store(splice_mode_code(config.runtime.splice), Ordering::Relaxed);
         self.shared.grace_ms.store(config.runtime.shutdown_grace.as_millis() as u64, Ordering::Relaxed);
-        self.shared.log_connections.store(config.runtime.log_connections, Ordering::Relaxed);
         // Bind every new listener first: a failure leaves the running ones untouched.
         let workers = self.workers.len();
         let mut added = Vec::new();
@@ -302,11 +270,9 @@ impl DataPath {
         for (bound, state) in std::mem::take(&mut self.listeners) {
             match config.listeners.iter().find(|l| l.name == bound.name && same_bind(&bound, l)) {
                 Some(l) => {
-                    if **state.pool.load() != l.pool {
+                    if bound.pool != l.pool {
                         changes.push(format!("listener {} now sends to pool {}", l.name, l.pool));
-                        state.pool.store(Arc::new(l.pool.clone()));
                     }
-                    state.max_connections.store(l.max_connections, Ordering::Relaxed);
                     kept.push((BoundListener { pool: l.pool.clone(), ..bound }, state));
                 }
                 None => {

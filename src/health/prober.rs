@@ -493,7 +493,7 @@ impl Registry {
         let (handles, pools) = records(config, &passive, None, metrics);
         let mut registry = Registry {
             config: config.clone(),
-            table: Arc::new(ArcSwap::from_pointee(BackendTable { pools: Vec::new(), version: 0 })),
+            table: Arc::new(ArcSwap::from_pointee(BackendTable::default())),
             handles,
             pools,
             version: FIRST_VERSION,

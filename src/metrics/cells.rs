@@ -458,6 +458,21 @@ struct PoolCells {
     durations: HistogramCells,
 }
 
+/// A pool's rare events, over the life of the process: clients that found every server down,
+/// and clients that queued for a server slot. Shared atomics rather than per-worker slots: they
+/// are counted once per such client, never per byte, and the prober reads them too.
+#[derive(Debug, Default)]
+pub struct PoolCounters {
+    /// Closed at once (`on_all_down = "reject"`).
+    pub rejected: AtomicU64,
+    /// Sent to a server whatever its health (`on_all_down = "fail-open"`).
+    pub failed_open: AtomicU64,
+    /// Clients that waited because every server was at its max_connections.
+    pub queued: AtomicU64,
+    /// Of those, closed after `queue_timeout` without a slot.
+    pub queue_timeouts: AtomicU64,
+}
+
 /// One pool's counters: a slot per worker. Shared by every snapshot of the table (same name).
 #[derive(Debug)]
 pub struct PoolStats {

@@ -24,16 +24,17 @@ pub mod names;
 mod scrape;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 pub use cells::{
-    CloseCause, ConnectFailure, Direction, HealthView, HistogramSnapshot, ListenerStats, ListenerTotals, PoolStats,
-    PoolTotals, ServerStats, ServerTotals, WorkerStats,
+    CloseCause, ConnectFailure, Direction, HealthView, HistogramSnapshot, ListenerStats, ListenerTotals, PoolCounters,
+    PoolStats, PoolTotals, ServerStats, ServerTotals, WorkerStats,
 };
+pub use scrape::{PoolView, ServerView};
 
 use crate::config::Config;
-use crate::table::BackendTable;
 
 /// The registry of every counter block, created once at start-up and shared (`Arc`) by the data
 /// path, the prober and the admin API.
@@ -48,6 +49,8 @@ pub struct Metrics {
     pools: Mutex<HashMap<String, Arc<PoolStats>>>,
     servers: Mutex<HashMap<(String, String), Arc<ServerStats>>>,
     config_sha256: Mutex<String>,
+    /// Configuration reloads since start-up: applied, failed.
+    reloads: [AtomicU64; 2],
     started: SystemTime,
 }
 
@@ -62,6 +65,7 @@ impl Metrics {
             pools: Mutex::new(HashMap::new()),
             servers: Mutex::new(HashMap::new()),
             config_sha256: Mutex::new(config.sha256.clone()),
+            reloads: [AtomicU64::new(0), AtomicU64::new(0)],
             started: SystemTime::now(),
         }
     }
@@ -101,13 +105,24 @@ impl Metrics {
         *self.config_sha256.lock().unwrap_or_else(PoisonError::into_inner) = config.sha256.clone();
     }
 
+    /// Counts a configuration reload that was applied (`ok`) or failed.
+    pub fn reloaded(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reloads since start-up: (applied, failed).
+    pub fn reloads(&self) -> (u64, u64) {
+        let [ok, failed] = &self.reloads;
+        (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+    }
+
     /// The sha256 of the configuration file in effect.
     pub fn config_sha256(&self) -> String {
         self.config_sha256.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Every metric in the Prometheus text format, for the servers and pools of `table`.
-    pub fn render(&self, table: &BackendTable, draining: bool) -> String {
-        scrape::render(self, table, draining)
+    /// Every metric in the Prometheus text format, for `pools` (those of the current table).
+    pub fn render(&self, pools: &[PoolView<'_>], draining: bool) -> String {
+        scrape::render(self, pools, draining)
     }
 }

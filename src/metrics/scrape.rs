@@ -18,20 +18,33 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
 use super::cells::{accept_error_labels, CloseCause, ConnectFailure, Direction, HistogramSnapshot};
 use super::names::{self, Def, Kind};
-use super::Metrics;
-use crate::table::{BackendTable, ServerState};
+use super::{Metrics, PoolCounters, PoolStats, ServerStats};
 
 const METADATA: Metadata<'static> = Metadata::new("ringlb", Level::INFO, Some(module_path!()));
 
-/// Every state a server can be in, in the order of the `state` label's series.
-const SERVER_STATES: [ServerState; 4] =
-    [ServerState::Up, ServerState::Down, ServerState::Draining, ServerState::Disabled];
+/// What a scrape shows of one pool of the current backend table. The table builds it
+/// (`BackendTable::scrape_view`): the table holds metric blocks, so metrics never reads the table.
+pub struct PoolView<'a> {
+    pub name: &'a str,
+    pub stats: &'a PoolStats,
+    pub counters: &'a PoolCounters,
+    pub servers: Vec<ServerView<'a>>,
+}
 
-pub(super) fn render(metrics: &Metrics, table: &BackendTable, draining: bool) -> String {
+pub struct ServerView<'a> {
+    pub name: &'a str,
+    pub stats: &'a ServerStats,
+    /// Every state a server can be in by name, and whether it is in it: a series each.
+    pub states: [(&'static str, bool); 4],
+    pub effective_weight: u32,
+    pub usable: bool,
+}
+
+pub(super) fn render(metrics: &Metrics, pools: &[PoolView<'_>], draining: bool) -> String {
     let mut out = Scrape::new();
     listeners(metrics, &mut out);
-    servers(table, &mut out);
-    pools(table, &mut out);
+    servers(pools, &mut out);
+    pool_series(pools, &mut out);
     process(metrics, draining, &mut out);
     out.finish()
 }
@@ -52,10 +65,10 @@ fn listeners(metrics: &Metrics, out: &mut Scrape) {
     }
 }
 
-fn servers(table: &BackendTable, out: &mut Scrape) {
-    for pool in &table.pools {
+fn servers(pools: &[PoolView<'_>], out: &mut Scrape) {
+    for pool in pools {
         for server in &pool.servers {
-            let labels = [pool.name.as_str(), server.name.as_str()];
+            let labels = [pool.name, server.name];
             let [p, s] = labels;
             let t = server.stats.totals();
             out.gauge(&names::SERVER_ACTIVE, &labels, t.active as f64);
@@ -67,12 +80,12 @@ fn servers(table: &BackendTable, out: &mut Scrape) {
             for (direction, n) in Direction::ALL.iter().zip(t.bytes) {
                 out.counter(&names::SERVER_BYTES, &[p, s, direction.label()], n);
             }
-            for state in SERVER_STATES {
-                out.gauge(&names::SERVER_STATE, &[p, s, state.name()], f64::from(u8::from(server.state == state)));
+            for (state, current) in server.states {
+                out.gauge(&names::SERVER_STATE, &[p, s, state], f64::from(u8::from(current)));
             }
             let healthy = server.stats.health() == super::HealthView::Up;
             out.gauge(&names::SERVER_HEALTHY, &labels, f64::from(u8::from(healthy)));
-            out.gauge(&names::SERVER_WEIGHT, &labels, f64::from(server.effective_weight()));
+            out.gauge(&names::SERVER_WEIGHT, &labels, f64::from(server.effective_weight));
             out.histogram(&names::SERVER_CHECK_DURATION, &labels, &server.stats.checks());
             let (up, down) = server.stats.transitions();
             out.counter(&names::SERVER_TRANSITIONS, &[p, s, "up"], up);
@@ -81,18 +94,18 @@ fn servers(table: &BackendTable, out: &mut Scrape) {
     }
 }
 
-fn pools(table: &BackendTable, out: &mut Scrape) {
-    for pool in &table.pools {
-        let name = [pool.name.as_str()];
+fn pool_series(pools: &[PoolView<'_>], out: &mut Scrape) {
+    for pool in pools {
+        let name = [pool.name];
         let t = pool.stats.totals();
         out.histogram(&names::POOL_CONNECTION_DURATION, &name, &t.durations);
         let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
         out.counter(&names::POOL_QUEUE_WAITS, &name, load(&pool.counters.queued));
         out.counter(&names::POOL_QUEUE_TIMEOUTS, &name, load(&pool.counters.queue_timeouts));
         let (rejected, failed_open) = (load(&pool.counters.rejected), load(&pool.counters.failed_open));
-        out.counter(&names::POOL_ALL_DOWN_CLIENTS, &[&pool.name, "rejected"], rejected);
-        out.counter(&names::POOL_ALL_DOWN_CLIENTS, &[&pool.name, "failed_open"], failed_open);
-        let usable = pool.servers.iter().filter(|s| s.usable()).count();
+        out.counter(&names::POOL_ALL_DOWN_CLIENTS, &[pool.name, "rejected"], rejected);
+        out.counter(&names::POOL_ALL_DOWN_CLIENTS, &[pool.name, "failed_open"], failed_open);
+        let usable = pool.servers.iter().filter(|s| s.usable).count();
         out.gauge(&names::POOL_USABLE_SERVERS, &name, usable as f64);
     }
 }
@@ -106,8 +119,7 @@ fn process(metrics: &Metrics, draining: bool, out: &mut Scrape) {
         out.gauge(&names::DIRECT_DESCRIPTORS, &[&id], in_use as f64);
         out.gauge(&names::DIRECT_DESCRIPTOR_SLOTS, &[&id], slots as f64);
     }
-    use crate::control::reload::{RELOADS_FAILED, RELOADS_OK};
-    let [ok, failed] = [&RELOADS_OK, &RELOADS_FAILED].map(|c| c.load(std::sync::atomic::Ordering::Relaxed));
+    let (ok, failed) = metrics.reloads();
     out.counter(&names::CONFIG_RELOADS, &["ok"], ok);
     out.counter(&names::CONFIG_RELOADS, &["failed"], failed);
     out.gauge(&names::CONFIG_INFO, &[&metrics.config_sha256()], 1.0);

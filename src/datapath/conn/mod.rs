@@ -66,8 +66,6 @@ pub struct Ctx<'a> {
     pub logs: &'a mut Logs,
     /// Scratch for a flow's next steps.
     pub steps: &'a mut Vec<Step>,
-    /// `[runtime] log_connections`.
-    pub log_connections: bool,
     /// Buffers given back during this event: the worker wakes as many parked flows.
     pub freed_buffers: u32,
 }
@@ -185,15 +183,14 @@ impl Conn {
         client: u32,
         peer: SocketAddr,
         table: Arc<BackendTable>,
-        splice: SpliceMode,
         now: Instant,
     ) -> Conn {
-        let (transfer, auto) = match splice {
+        let (transfer, auto) = match table.runtime.splice {
             SpliceMode::Auto => (Transfer::Copy, true),
             SpliceMode::Always => (Transfer::Splice, false),
             SpliceMode::Never => (Transfer::Copy, false),
         };
-        let pool = table.pool_index(&listener.pool.load());
+        let pool = table.route(&listener.name).map(|r| r.pool);
         Conn {
             slot,
             gen,
@@ -390,7 +387,7 @@ impl Conn {
 
     /// The last completion arrived: close the sockets, give back the buffers and the server slot.
     fn finish(&mut self, ctx: &mut Ctx<'_>) -> Life {
-        if ctx.log_connections {
+        if self.table.runtime.log_connections {
             self.log(ctx.now);
         }
         let mut closes = vec![close_entry(self.client)];

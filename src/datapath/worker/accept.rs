@@ -20,6 +20,7 @@ use crate::datapath::conn::close_entry;
 use crate::datapath::ops::{self, Op};
 use crate::datapath::ListenerShared;
 use crate::metrics::{CloseCause, ListenerStats};
+use crate::table::BackendTable;
 
 /// Below this many free connection slots, accepts switch from multishot to one at a time, and at
 /// the limit they stop, so that new clients wait in the kernel's accept queue. A client accepted
@@ -120,7 +121,7 @@ impl Worker {
         if !self.parked.is_empty() {
             return 0;
         }
-        let max = self.shared.max_connections.load(Ordering::Relaxed);
+        let max = self.table.load().runtime.max_connections;
         let global = max.saturating_sub(self.shared.active.load(Ordering::Relaxed));
         let slab = self.layout.conns.saturating_sub(self.live);
         global.min(slab)
@@ -128,38 +129,48 @@ impl Worker {
 
     /// Whether listener `i` needs client addresses: its pool balances on them, or connections
     /// are logged. Then its accepts capture them.
-    fn wants_peer(&self, i: usize) -> bool {
-        if self.shared.log_connections.load(Ordering::Relaxed) {
+    fn wants_peer(&self, table: &BackendTable, i: usize) -> bool {
+        if table.runtime.log_connections {
             return true;
         }
-        let table = self.table.load();
-        let pool = table.pool_index(&self.acceptors[i].listener.pool.load());
-        pool.is_some_and(|p| matches!(table.pools[p].balancer.policy(), crate::balance::Policy::SourceHash { .. }))
+        let route = table.route(&self.acceptors[i].listener.name);
+        route
+            .is_some_and(|r| matches!(table.pools[r.pool].balancer.policy(), crate::balance::Policy::SourceHash { .. }))
     }
 
     /// Starts parked clients while the limits allow, oldest first.
     pub(super) fn start_parked(&mut self) {
         while let Some(&(listener, client, ip)) = self.parked.front() {
-            if !self.shared.try_reserve(&self.acceptors[listener].listener) {
+            let table = self.table.load_full();
+            if !self.shared.try_reserve(&self.acceptors[listener].listener, &table) {
+                if table.route(&self.acceptors[listener].listener.name).is_none() {
+                    // A reload removed its listener while it waited: nowhere to send it.
+                    self.parked.pop_front();
+                    self.ring.push(&[close_entry(client)]);
+                    self.listener_stats(listener).closed(self.id, CloseCause::NoServer);
+                    continue;
+                }
                 return;
             }
             self.parked.pop_front();
-            self.open_connection(listener, client, ip);
+            self.open_connection(listener, client, ip, table);
         }
     }
 
     /// Brings every acceptor to the state the limits, back-off and shutdown call for.
     pub(super) fn update_accepts(&mut self) {
         let room = self.accept_room();
+        let table = self.table.load_full();
         for i in 0..self.acceptors.len() {
             let listener = &self.acceptors[i].listener;
-            let lmax = listener.max_connections.load(Ordering::Relaxed);
+            // A listener without a route is one a reload removed: it is about to be retired.
+            let lmax = table.route(&listener.name).map_or(0, |r| r.max_connections);
             let lroom = lmax.saturating_sub(listener.active.load(Ordering::Relaxed));
             let room = room.min(lroom);
             let stopping = self.shutting_down.is_some() || self.acceptors[i].retired;
             let want = if stopping || self.accept_backoff_until.is_some() || room == 0 {
                 AcceptState::Idle
-            } else if room > MULTISHOT_MARGIN && !self.wants_peer(i) {
+            } else if room > MULTISHOT_MARGIN && !self.wants_peer(&table, i) {
                 AcceptState::Multi
             } else {
                 AcceptState::Single
@@ -233,8 +244,13 @@ impl Worker {
             // A multishot accept leaves the address unset (only source-hash and the connection
             // log need it, and their listeners accept one at a time).
             let ip = if more { UNKNOWN_PEER } else { self.acceptors[listener].peer() };
-            if self.parked.is_empty() && self.shared.try_reserve(&self.acceptors[listener].listener) {
-                self.open_connection(listener, res as u32, ip);
+            let table = self.table.load_full();
+            if table.route(&self.acceptors[listener].listener.name).is_none() {
+                // Its listener left the config in a reload and is being retired.
+                self.ring.push(&[close_entry(res as u32)]);
+                self.listener_stats(listener).closed(self.id, CloseCause::NoServer);
+            } else if self.parked.is_empty() && self.shared.try_reserve(&self.acceptors[listener].listener, &table) {
+                self.open_connection(listener, res as u32, ip, table);
             } else {
                 self.parked.push_back((listener, res as u32, ip));
             }

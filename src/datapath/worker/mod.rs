@@ -30,7 +30,7 @@ use super::warn::RateLimited;
 use super::{Control, DataPathError, ListenerShared, Shared};
 use crate::balance::WorkerBalanceState;
 use crate::metrics::WorkerStats;
-use crate::table::SharedTable;
+use crate::table::{BackendTable, SharedTable};
 use accept::Acceptor;
 
 /// io-wq threads per worker for unbounded work (socket splices, shutdowns). Every splice is
@@ -239,7 +239,6 @@ impl Worker {
             waiting: &mut self.waiting,
             logs: &mut self.logs,
             steps: &mut self.steps,
-            log_connections: self.shared.log_connections.load(Ordering::Relaxed),
             freed_buffers: 0,
         };
         let life = event(conn, &mut ctx);
@@ -259,7 +258,7 @@ impl Worker {
 
     /// A client was accepted into registered slot `client`; it is already counted against the
     /// limits (see `Shared::try_reserve`).
-    fn open_connection(&mut self, listener: usize, client: u32, peer: SocketAddr) {
+    fn open_connection(&mut self, listener: usize, client: u32, peer: SocketAddr, table: Arc<BackendTable>) {
         let listener = self.acceptors[listener].listener.clone();
         let Some(slot) = self.alloc_slot() else {
             // The slab is as large as the accept range, so this cannot happen; close rather than leak.
@@ -269,10 +268,8 @@ impl Worker {
             return;
         };
         let backend = self.layout.backend_slot(slot);
-        let table = self.table.load_full();
-        let splice = self.shared.splice_mode();
         let entry = &mut self.slots[slot as usize];
-        entry.conn = Some(Conn::new(slot, entry.gen, backend, listener, client, peer, table, splice, self.now));
+        entry.conn = Some(Conn::new(slot, entry.gen, backend, listener, client, peer, table, self.now));
         self.live += 1;
         self.with_conn(slot, |conn, ctx| conn.start(ctx));
     }

@@ -1,36 +1,44 @@
 //! Configuration reload (SIGHUP, `ringlb reload`): re-reads the file and applies it in place.
+//! This is orchestration across the parts `main` composes (config, prober, data path, metrics),
+//! so it sits next to the composition root rather than in `control/`, which keeps OS plumbing.
 //!
 //! An invalid file changes nothing: the error (`file:line:col: ...`) is logged and counted. A
-//! valid one goes to the prober first (pools, servers, policies and health checks: it publishes
-//! a table in which servers that stay keep their health and connection counts), then to the data
-//! path (listeners added, removed or re-pointed; limits). Open connections are never touched:
+//! valid one goes to the prober first: it publishes one table with the pools, servers, policies,
+//! listener routes, limits and `[runtime]` settings of the new config, in which servers that stay
+//! keep their health and connection counts; that single publish is the switch for every new
+//! connection. Then the data path binds listeners that were added and retires those that left
+//! (a client accepted on a leaving listener after the publish has no route and is closed, like
+//! those still in its accept queue when its socket closes). Open connections are never touched:
 //! each keeps the table snapshot it started with, so connections to servers that left the config
 //! finish on their own. What cannot change without a restart (worker count, admin address) keeps
 //! its running value and is reported.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config};
 use crate::datapath::DataPath;
 use crate::health::RunningProber;
-
-/// Reloads since start-up, for metrics.
-pub static RELOADS_OK: AtomicU64 = AtomicU64::new(0);
-pub static RELOADS_FAILED: AtomicU64 = AtomicU64::new(0);
+use crate::metrics::Metrics;
 
 /// Re-reads `path` and applies it; returns the configuration now running (the old one when the
-/// reload failed).
-pub fn reload(path: &Path, running: Config, datapath: &mut DataPath, prober: &RunningProber) -> Config {
+/// reload failed). Counts the outcome in `metrics`.
+pub fn reload(
+    path: &Path,
+    running: Config,
+    datapath: &mut DataPath,
+    prober: &RunningProber,
+    metrics: &Metrics,
+) -> Config {
     match try_reload(path, &running, datapath, prober) {
         Ok(next) => {
-            RELOADS_OK.fetch_add(1, Ordering::Relaxed);
+            metrics.reloaded(true);
+            metrics.set_config(&next);
             next
         }
         Err(e) => {
-            RELOADS_FAILED.fetch_add(1, Ordering::Relaxed);
+            metrics.reloaded(false);
             error!("reload failed, the running configuration stays: {e}");
             running
         }
