@@ -182,7 +182,7 @@ async fn holds_10000_concurrent_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listens_on_ipv6_loopback() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("skipped: ::1 is not available");
+        common::skip("::1 is not available");
         return;
     }
     let backend = DemoBackend::start_at("six", "[::1]:0");

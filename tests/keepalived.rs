@@ -117,7 +117,7 @@ fn the_one_shot_check_exits_0_only_when_ready() {
 #[test]
 fn the_watcher_unit_verifies_clean() {
     if !have("systemd-analyze") {
-        eprintln!("skipped: systemd-analyze (package systemd) not installed");
+        common::skip("systemd-analyze (package systemd) not installed");
         return;
     }
     // verify checks that ExecStart's program exists: point it at the script in the tree.
@@ -139,7 +139,7 @@ fn the_watcher_unit_verifies_clean() {
 #[test]
 fn the_keepalived_config_parses_for_both_nodes() {
     if !have("keepalived") {
-        eprintln!("skipped: keepalived not installed");
+        common::skip("keepalived not installed");
         return;
     }
     for node in ["lb1", "lb2"] {
