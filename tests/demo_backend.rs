@@ -142,8 +142,9 @@ fn stops_cleanly_on_sigint() {
 
 #[test]
 fn bad_bind_is_one_line_and_a_failure() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let taken = taken.local_addr().expect("local address").to_string();
+    // Held to the end of the test, so that the port stays taken.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = holder.local_addr().expect("local address").to_string();
     for bind in ["not-an-address", "127.0.0.1:99999", taken.as_str()] {
         let out = Command::new(RINGLB)
             .args(["demo-backend", "--bind", bind, "--name", "x"])
