@@ -142,8 +142,9 @@ fn stops_cleanly_on_sigint() {
 
 #[test]
 fn bad_bind_is_one_line_and_a_failure() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let taken = taken.local_addr().expect("local address").to_string();
+    // Held to the end of the test, so that the port stays taken.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = holder.local_addr().expect("local address").to_string();
     for bind in ["not-an-address", "127.0.0.1:99999", taken.as_str()] {
         let out = Command::new(RINGLB)
             .args(["demo-backend", "--bind", bind, "--name", "x"])
@@ -182,7 +183,7 @@ async fn holds_10000_concurrent_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listens_on_ipv6_loopback() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("skipped: ::1 is not available");
+        common::skip("::1 is not available");
         return;
     }
     let backend = DemoBackend::start_at("six", "[::1]:0");

@@ -80,7 +80,7 @@ async fn blackhole_connect_hangs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_over_ipv6_direct() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("skipped: ::1 is not available");
+        common::skip("::1 is not available");
         return;
     }
     let echo = EchoServer::start_at("[::1]:0").await;

@@ -3,12 +3,15 @@
 //! test takes a few seconds; every bound asserted is the one the feature promises, measured from
 //! instants the test takes itself (see `support` for how a backend dies).
 
+mod common;
 #[path = "health/support.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{poll, request, Answers, Backend, Lb, Load};
+use common::admin::poll;
+use common::Ringlb;
+use support::{request, Answers, Backend, Load};
 
 const INTERVAL: Duration = Duration::from_millis(200);
 const TIMEOUT: Duration = Duration::from_millis(200);
@@ -50,13 +53,16 @@ async fn a_killed_backend_costs_no_client_and_gets_traffic_again_after_restart()
     let (b1, b2) = (Backend::start("b1", Answers::default()).await, Backend::start("b2", Answers::default()).await);
     let servers =
         [("b1", b1.addr.to_string(), ""), ("victim", victim.addr.to_string(), ""), ("b2", b2.addr.to_string(), "")];
-    let lb =
-        Lb::start(&config("connect_timeout = \"1s\"\nretries = 2", &format!("{}passive_fall = 3", timing()), &servers));
-    let load = Load::start(lb.addr("web"), RATE, 10_000);
+    let lb = Ringlb::start(&config(
+        "connect_timeout = \"1s\"\nretries = 2",
+        &format!("{}passive_fall = 3", timing()),
+        &servers,
+    ));
+    let load = Load::start(lb.addr_of("web"), RATE, 10_000);
     poll(Duration::from_secs(5), || (victim.stats.served() >= 20).then_some(())).await.expect("victim gets traffic");
 
     let died = victim.kill().await;
-    let (down_at, line) = lb.wait_for("server victim: up -> down", Duration::from_secs(3)).await;
+    let (down_at, line) = lb.wait_for_log_async("server victim: up -> down", Duration::from_secs(3)).await;
     let detection = down_at.saturating_duration_since(died);
     let bound = INTERVAL * FALL + TIMEOUT;
     eprintln!("measured: marked down {detection:?} after its death: {line}");
@@ -78,7 +84,7 @@ async fn a_killed_backend_costs_no_client_and_gets_traffic_again_after_restart()
     let bound = INTERVAL * RISE + INTERVAL;
     eprintln!("measured: first request {back:?} after the restart");
     assert!(back <= bound, "first request {back:?} after the restart, bound {bound:?}");
-    lb.wait_for("server victim: down -> up: 2 consecutive checks passed", Duration::from_secs(1)).await;
+    lb.wait_for_log_async("server victim: down -> up: 2 consecutive checks passed", Duration::from_secs(1)).await;
     let served = victim.stats.served();
     poll(Duration::from_secs(3), || (victim.stats.served() >= served + 10).then_some(())).await.expect("traffic");
 
@@ -115,12 +121,12 @@ async fn a_blackholed_backend_gets_no_new_connection_later_than_fall_intervals_p
         ("victim", victim.addr.to_string(), check_port.as_str()),
         ("b2", b2.addr.to_string(), ""),
     ];
-    let lb = Lb::start(&config(
+    let lb = Ringlb::start(&config(
         "connect_timeout = \"300ms\"\nretries = 2",
         &format!("{}passive_fall = 0", timing()),
         &servers,
     ));
-    let load = Load::start(lb.addr("web"), RATE, 10_000);
+    let load = Load::start(lb.addr_of("web"), RATE, 10_000);
     poll(Duration::from_secs(5), || (victim.stats.served() >= 20).then_some(())).await.expect("victim gets traffic");
 
     let died = victim.blackhole(true);
@@ -135,7 +141,7 @@ async fn a_blackholed_backend_gets_no_new_connection_later_than_fall_intervals_p
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let (down_at, line) = lb.wait_for("server victim: up -> down", Duration::from_secs(1)).await;
+    let (down_at, line) = lb.wait_for_log_async("server victim: up -> down", Duration::from_secs(1)).await;
     assert!(line.contains("timeout after 200ms"), "{line}");
     let detection = down_at.saturating_duration_since(died);
     assert!(detection <= bound + MEASUREMENT_SLACK, "marked down {detection:?} after it vanished: {line}");
@@ -173,8 +179,8 @@ async fn a_flapping_backend_never_fails_a_client() {
     let flaps: usize = std::env::var("FLAPS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
     let replay = std::env::var("REPLAY").map_or(true, |v| v != "off");
     let pool = format!("connect_timeout = \"1s\"\nretries = 2\nretry_on_empty_response = {replay}");
-    let lb = Lb::start(&config(&pool, &timing(), &servers));
-    let load = Load::start(lb.addr("web"), RATE, 10_000.max(200 * flaps as u64));
+    let lb = Ringlb::start(&config(&pool, &timing(), &servers));
+    let load = Load::start(lb.addr_of("web"), RATE, 10_000.max(200 * flaps as u64));
     poll(Duration::from_secs(5), || (flapper.stats.served() >= 5).then_some(())).await.expect("flapper gets traffic");
     // Up and down every 300 ms: the flapping under test, not a wait for something.
     for _ in 0..flaps {
@@ -205,8 +211,8 @@ async fn an_http_check_takes_a_503_server_down_and_sends_path_and_host() {
         timing()
     );
     let servers = [("healthy", healthy.addr.to_string(), ""), ("sick", sick.addr.to_string(), "")];
-    let lb = Lb::start(&config("", &health, &servers));
-    let (_, line) = lb.wait_for("server sick: up -> down", Duration::from_secs(3)).await;
+    let lb = Ringlb::start(&config("", &health, &servers));
+    let (_, line) = lb.wait_for_log_async("server sick: up -> down", Duration::from_secs(3)).await;
     assert!(line.contains("http status 503"), "{line}");
     let requests = sick.stats.other_lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
     assert!(requests.len() >= FALL as usize, "{requests:?}");
@@ -217,7 +223,7 @@ async fn an_http_check_takes_a_503_server_down_and_sends_path_and_host() {
     );
     // Only the healthy server gets clients now.
     for _ in 0..10 {
-        assert_eq!(request(lb.addr("web"), Duration::from_secs(5)).await, Ok("healthy".to_owned()));
+        assert_eq!(request(lb.addr_of("web"), Duration::from_secs(5)).await, Ok("healthy".to_owned()));
     }
     assert_eq!(lb.count("server healthy: up -> down"), 0, "{}", lb.log());
 }
@@ -228,15 +234,15 @@ async fn a_send_expect_check_takes_a_server_with_the_wrong_reply_down() {
     let wrong = Backend::start("wrong", Answers { other: "-ERR unknown command\r\n", ..Answers::default() }).await;
     let health = format!("{}check = \"send-expect\"\nsend = \"PING\\r\\n\"\nexpect = \"+PONG\"\n", timing());
     let servers = [("right", right.addr.to_string(), ""), ("wrong", wrong.addr.to_string(), "")];
-    let lb = Lb::start(&config("", &health, &servers));
-    let (_, line) = lb.wait_for("server wrong: up -> down", Duration::from_secs(3)).await;
+    let lb = Ringlb::start(&config("", &health, &servers));
+    let (_, line) = lb.wait_for_log_async("server wrong: up -> down", Duration::from_secs(3)).await;
     assert!(line.contains(r#"unexpected reply "-ERR unknown command""#), "{line}");
     assert_eq!(
         wrong.stats.other_lines.lock().unwrap_or_else(|e| e.into_inner()).first().map(String::as_str),
         Some("PING\r\n")
     );
     for _ in 0..10 {
-        assert_eq!(request(lb.addr("web"), Duration::from_secs(5)).await, Ok("right".to_owned()));
+        assert_eq!(request(lb.addr_of("web"), Duration::from_secs(5)).await, Ok("right".to_owned()));
     }
     assert_eq!(lb.count("server right: up -> down"), 0, "{}", lb.log());
 }
@@ -247,8 +253,8 @@ async fn a_check_of_a_server_that_never_answers_times_out_at_the_timeout() {
     let timeout = Duration::from_millis(300);
     let silent = Backend::start("silent", Answers { silent: true, ..Answers::default() }).await;
     let health = format!("check = \"http\"\ninterval = \"400ms\"\ntimeout = \"{}ms\"\nfall = 2\n", timeout.as_millis());
-    let lb = Lb::start(&config("", &health, &[("silent", silent.addr.to_string(), "")]));
-    let (_, line) = lb.wait_for("server silent: up -> down", Duration::from_secs(3)).await;
+    let lb = Ringlb::start(&config("", &health, &[("silent", silent.addr.to_string(), "")]));
+    let (_, line) = lb.wait_for_log_async("server silent: up -> down", Duration::from_secs(3)).await;
     assert!(line.contains("timeout after 300ms"), "{line}");
     let within = |took: Duration| took.abs_diff(timeout) <= timeout / 5;
     // The prober's own measure, from the log line.
@@ -286,25 +292,33 @@ async fn every_server_down_rejects_clients_at_once_or_fails_open_and_counts_them
             checks.addr.port()
         )
     };
-    let lb = Lb::start(&format!(
+    let lb = Ringlb::start(&format!(
         "[runtime]\nworkers = 1\n[admin]\nbind = \"127.0.0.1:0\"\n{}{}",
         pool("rej", "reject"),
         pool("open", "fail-open")
     ));
-    lb.wait_for("pool rej: every server is down until its checks pass; new clients are rejected", Duration::ZERO).await;
+    lb.wait_for_log_async(
+        "pool rej: every server is down until its checks pass; new clients are rejected",
+        Duration::ZERO,
+    )
+    .await;
     for _ in 0..5 {
         let started = Instant::now();
         // Closed at once: an empty reply, or a reset when the request was still unread.
-        let rejected = request(lb.addr("rej"), Duration::from_secs(5)).await;
+        let rejected = request(lb.addr_of("rej"), Duration::from_secs(5)).await;
         assert!(matches!(&rejected, Err(why) if why == "reply \"\"" || why.contains("reset")), "{rejected:?}");
         assert!(started.elapsed() < Duration::from_millis(250), "rejected only after {:?}", started.elapsed());
-        assert_eq!(request(lb.addr("open"), Duration::from_secs(5)).await, Ok("s".to_owned()));
+        assert_eq!(request(lb.addr_of("open"), Duration::from_secs(5)).await, Ok("s".to_owned()));
     }
     assert_eq!(server.stats.served(), 5, "only the fail-open clients reached the server");
 
     checks.blackhole(false);
     let within = Duration::from_secs(3);
-    lb.wait_for("pool rej: a server is up again; 5 clients were rejected while every server was down", within).await;
-    lb.wait_for("pool open: a server is up again; 5 clients were sent to a server anyway", within).await;
-    assert_eq!(request(lb.addr("rej"), Duration::from_secs(5)).await, Ok("s".to_owned()));
+    lb.wait_for_log_async(
+        "pool rej: a server is up again; 5 clients were rejected while every server was down",
+        within,
+    )
+    .await;
+    lb.wait_for_log_async("pool open: a server is up again; 5 clients were sent to a server anyway", within).await;
+    assert_eq!(request(lb.addr_of("rej"), Duration::from_secs(5)).await, Ok("s".to_owned()));
 }

@@ -2,6 +2,8 @@
 //! `prlimit --nofile=...` in child mode, where it checks the host for a load, prints the table
 //! and exits 1 on a fatal report (what `ringlb check --host` will do).
 
+mod common;
+
 use std::process::{Command, Output};
 
 use ringlb::control::hostcheck::{check_host, raise_nofile_limit};
@@ -59,7 +61,7 @@ fn nofile_line(stdout: &str) -> &str {
 #[test]
 fn too_few_descriptors_for_10k_connections_fail_the_check() {
     if !prlimit_available() {
-        eprintln!("skipped: prlimit (util-linux) not installed");
+        common::skip("prlimit (util-linux) not installed");
         return;
     }
     let out = run_child("1024:1024", "10000 1");
@@ -74,7 +76,7 @@ fn too_few_descriptors_for_10k_connections_fail_the_check() {
 #[test]
 fn enough_descriptors_for_10k_connections_on_two_workers_pass() {
     if !prlimit_available() {
-        eprintln!("skipped: prlimit (util-linux) not installed");
+        common::skip("prlimit (util-linux) not installed");
         return;
     }
     // The per-ring need for 2 workers is 12,564 slots; this machine allows at most 20,000.
@@ -89,7 +91,7 @@ fn enough_descriptors_for_10k_connections_on_two_workers_pass() {
 #[test]
 fn a_soft_limit_below_the_hard_one_is_raised_first() {
     if !prlimit_available() {
-        eprintln!("skipped: prlimit (util-linux) not installed");
+        common::skip("prlimit (util-linux) not installed");
         return;
     }
     // What systemd does without LimitNOFILE=: soft 1024, a higher hard limit.

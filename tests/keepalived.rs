@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::admin::{post, wait_for};
+use common::backends::RefusingAddr;
 use common::{have, temp_path, DemoBackend, PoolSpec, Ringlb, TestConfig};
 
 /// Long enough for a verdict (3 or 5 probes 0.1 s apart) on a busy machine.
@@ -109,15 +110,16 @@ fn the_one_shot_check_exits_0_only_when_ready() {
     assert_eq!(check(&format!("tcp://{}", lb.admin_addr())), Some(0), "tcp form: something listens");
     assert_eq!(post(lb.admin_addr(), "/api/drain").status, 200);
     assert_eq!(check(&ready_url(&lb)), Some(1), "draining: 503");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
-    assert_eq!(check(&format!("http://{closed}/ready")), Some(1), "nothing listens");
+    // Bound but not listening, for as long as the check runs: connects are refused.
+    let closed = RefusingAddr::new();
+    assert_eq!(check(&format!("http://{}/ready", closed.addr)), Some(1), "nothing listens");
     assert_eq!(check("ftp://127.0.0.1:21/"), Some(2), "unknown scheme: usage");
 }
 
 #[test]
 fn the_watcher_unit_verifies_clean() {
     if !have("systemd-analyze") {
-        eprintln!("skipped: systemd-analyze (package systemd) not installed");
+        common::skip("systemd-analyze (package systemd) not installed");
         return;
     }
     // verify checks that ExecStart's program exists: point it at the script in the tree.
@@ -139,7 +141,7 @@ fn the_watcher_unit_verifies_clean() {
 #[test]
 fn the_keepalived_config_parses_for_both_nodes() {
     if !have("keepalived") {
-        eprintln!("skipped: keepalived not installed");
+        common::skip("keepalived not installed");
         return;
     }
     for node in ["lb1", "lb2"] {

@@ -2,7 +2,10 @@
 //! loopback listener on a privileged port, drops to `nobody`, and then serves one connection.
 //! The parent checks the child's ids in /proc and talks to it over the socket.
 //!
-//! Needs root; skipped with a message otherwise. Traffic stays on 127.0.0.1.
+//! Needs root and a user nobody; skipped with a message otherwise (a failure with CI=true, see
+//! `common::skip`). Traffic stays on 127.0.0.1.
+
+mod common;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -150,11 +153,11 @@ fn wait_exit(child: &mut ChildGuard) -> std::process::ExitStatus {
 #[test]
 fn root_binds_a_privileged_port_drops_to_nobody_and_serves() {
     if !is_root() {
-        eprintln!("skipped: dropping privileges needs root");
+        common::skip("dropping privileges needs root");
         return;
     }
     let Ok(nobody) = lookup_user("nobody") else {
-        eprintln!("skipped: no user nobody");
+        common::skip("no user nobody");
         return;
     };
     let (mut child, rx) = spawn_child("nobody", false);
@@ -184,11 +187,11 @@ fn root_binds_a_privileged_port_drops_to_nobody_and_serves() {
 #[test]
 fn a_ring_worker_created_before_the_drop_is_caught() {
     if !is_root() {
-        eprintln!("skipped: dropping privileges needs root");
+        common::skip("dropping privileges needs root");
         return;
     }
     if lookup_user("nobody").is_err() {
-        eprintln!("skipped: no user nobody");
+        common::skip("no user nobody");
         return;
     }
     let (mut child, rx) = spawn_child("nobody", true);

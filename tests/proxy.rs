@@ -249,7 +249,7 @@ fn ipv6_loopback_available() -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_listener_to_ipv4_backend_and_back() {
     if !ipv6_loopback_available() {
-        eprintln!("skipped: ::1 is not available");
+        common::skip("::1 is not available");
         return;
     }
     let echo4 = EchoServer::start().await;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::clients::{connect_from, source_for, HttpConn};
-use common::{DemoBackend, Ringlb};
+use common::{parse_listener_line, DemoBackend, Ringlb};
 
 const LONG_LIVED: usize = 1000;
 /// New connections per second, paced.
@@ -172,15 +172,17 @@ async fn reload_adds_and_removes_listeners_in_place() {
     let a = DemoBackend::start("a");
     let mut lb = Ringlb::start(&config(&[&a], None));
     let front = lb.addr();
-    // A port for the new listener: bound here only to learn a free one.
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
-    let extra: SocketAddr = probe.local_addr().expect("addr");
-    drop(probe);
     let mut held = HttpConn::connect(front).await.expect("connect");
     assert_eq!(request(&mut held).await.expect("reply"), "a");
 
-    lb.reload_with(&config(&[&a], Some(&extra.to_string())));
-    lb.wait_for_log("listener extra bound");
+    // The new listener binds a port of the kernel's choosing and names it in its log line.
+    lb.reload_with(&config(&[&a], Some("127.0.0.1:0")));
+    let line = lb.wait_for_log("listener extra bound");
+    let extra: SocketAddr = match parse_listener_line(&line) {
+        Some(listener) => listener.addr,
+        None => panic!("no address in {line:?}"),
+    };
+    assert!(extra.port() != 0 && extra != front, "{line}");
     let mut via_extra = HttpConn::connect(extra).await.expect("the added listener accepts");
     assert_eq!(request(&mut via_extra).await.expect("reply"), "a");
 

@@ -1,6 +1,6 @@
 //! Talking to ringlb's admin API from tests: a blocking HTTP/1.1 client that sends raw bytes and
-//! reads the answer to the end, a reader of the Prometheus text, and a poller for conditions that
-//! become true a moment later.
+//! reads the answer to the end, a reader of the Prometheus text, and the pollers for conditions
+//! that become true a moment later (`wait_for` and, for async tests, `poll`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -100,6 +100,9 @@ impl Scrape {
     }
 }
 
+/// The two pollers for conditions that become true a moment later: `wait_for` for plain threads,
+/// `poll` for async tests, where sleeping the thread would stall the runtime's other tasks.
+///
 /// Polls `probe` every 10 ms until it returns something; panics with `what` after `within`.
 pub fn wait_for<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
@@ -109,5 +112,20 @@ pub fn wait_for<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Opti
         }
         assert!(Instant::now() < deadline, "{what}: not within {within:?}");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls `probe` every 5 ms until it returns something or `within` has passed (`None`); sleeps
+/// on the tokio timer, so the runtime's other tasks (test backends, clients) go on meanwhile.
+pub async fn poll<T>(within: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(found) = probe() {
+            return Some(found);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

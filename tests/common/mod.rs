@@ -28,18 +28,29 @@ pub const RINGLB: &str = env!("CARGO_BIN_EXE_ringlb");
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether `tool` runs (`ip` knows only `-V`, the others `--version`): tests that need a tool
-/// from another package skip when it is missing.
+/// from another package skip when it is missing (see `skip`).
 pub fn have(tool: &str) -> bool {
     let flag = if tool == "ip" { "-V" } else { "--version" };
     Command::new(tool).arg(flag).output().is_ok_and(|o| o.status.success())
 }
 
+/// Says why a test (or a part of one) cannot run on this host, for a missing tool, privilege or
+/// host feature; the caller then returns. With `CI=true` it panics instead: CI installs and
+/// provides everything the tests need (.ci/run), so a skip there would pass without testing.
+pub fn skip(reason: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true, so this test may not skip: {reason}");
+    }
+    eprintln!("skipped: {reason}");
+}
+
 /// A child process whose stderr is collected line by line in a background thread (so the pipe
-/// never fills), killed on drop unless it has already exited.
+/// never fills), each line with the instant it arrived; killed on drop unless it has already
+/// exited.
 pub struct Proc {
     child: Child,
     what: String,
-    log: Arc<Mutex<Vec<String>>>,
+    log: Arc<Mutex<Vec<(Instant, String)>>>,
     lines: Receiver<String>,
     status: Option<ExitStatus>,
 }
@@ -50,6 +61,8 @@ impl Proc {
         let mut child = Command::new(RINGLB)
             .args(args)
             .env("NO_COLOR", "1")
+            // The default level, whatever the environment says: tests wait for info lines.
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -92,7 +105,20 @@ impl Proc {
 
     /// Everything the process wrote to stderr so far.
     pub fn log(&self) -> String {
-        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+        let lines = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().map(|(_, line)| line.as_str()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The first stderr line so far containing `text`, with the instant it arrived.
+    pub fn find(&self, text: &str) -> Option<(Instant, String)> {
+        let lines = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().find(|(_, line)| line.contains(text)).cloned()
+    }
+
+    /// How many stderr lines so far contain `text`.
+    pub fn count(&self, text: &str) -> usize {
+        let lines = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().filter(|(_, line)| line.contains(text)).count()
     }
 
     pub fn signal(&self, signal: libc::c_int) {
@@ -136,13 +162,12 @@ impl Drop for Proc {
     }
 }
 
-fn collect_lines(stderr: ChildStderr, log: &Mutex<Vec<String>>, tx: &mpsc::Sender<String>) {
+fn collect_lines(stderr: ChildStderr, log: &Mutex<Vec<(Instant, String)>>, tx: &mpsc::Sender<String>) {
     for line in BufReader::new(stderr).lines() {
         let Ok(line) = line else { break };
+        let arrived = Instant::now();
         let line = strip_ansi(&line);
-        if let Ok(mut log) = log.lock() {
-            log.push(line.clone());
-        }
+        log.lock().unwrap_or_else(|e| e.into_inner()).push((arrived, line.clone()));
         // Nobody listens after start-up; the line stays in `log`.
         let _ = tx.send(line);
     }
@@ -315,10 +340,30 @@ impl Ringlb {
     /// Waits (up to `START_TIMEOUT`) for a stderr line containing `text` printed after this call
     /// or before it; returns the line.
     pub fn wait_for_log(&mut self, text: &str) -> String {
-        if let Some(line) = self.proc.log().lines().find(|l| l.contains(text)) {
-            return line.to_string();
+        if let Some((_, line)) = self.proc.find(text) {
+            return line;
         }
         self.proc.wait_for_line(|line| line.contains(text).then(|| line.to_string()))
+    }
+
+    /// For async tests (it never blocks the runtime): waits up to `within` for a stderr line
+    /// containing `text`, printed before this call or after it; returns the first such line and
+    /// the instant it arrived. Panics with the log after `within`.
+    pub async fn wait_for_log_async(&self, text: &str, within: Duration) -> (Instant, String) {
+        match admin::poll(within, || self.find(text)).await {
+            Some(found) => found,
+            None => panic!("no log line with {text:?} within {within:?}:\n{}", self.log()),
+        }
+    }
+
+    /// The first stderr line so far containing `text`, with the instant it arrived.
+    pub fn find(&self, text: &str) -> Option<(Instant, String)> {
+        self.proc.find(text)
+    }
+
+    /// How many stderr lines so far contain `text`.
+    pub fn count(&self, text: &str) -> usize {
+        self.proc.count(text)
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {

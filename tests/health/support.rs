@@ -1,6 +1,7 @@
-//! What the health tests are made of: the real `ringlb run` as a child process whose log lines are
-//! kept with the instant they arrived, test backends on loopback that can die, come back, drop
-//! packets or answer health checks badly, and a paced client load that records every failure.
+//! What the health tests are made of besides the harness in tests/common (which runs the real
+//! `ringlb run` and keeps its log lines with the instant they arrived): test backends on loopback
+//! that can die, come back, drop packets or answer health checks badly, and a paced client load
+//! that records every failure.
 //!
 //! How a test backend dies (`Backend::kill`): first a socket filter that drops every packet to its
 //! listening socket, so that no new connection can complete; then it serves whatever connections
@@ -12,12 +13,9 @@
 //! and counts the dropped packets: every SYN sent to the server after that instant.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,116 +23,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as Async
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-/// Polls `probe` every 5 ms until it returns something or `within` has passed.
-pub async fn poll<T>(within: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(found) = probe() {
-            return Some(found);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-// ---- the balancer ----
-
-/// `ringlb run` on a temporary config; killed and reaped on drop.
-pub struct Lb {
-    child: Child,
-    dir: PathBuf,
-    lines: Arc<Mutex<Vec<(Instant, String)>>>,
-    /// Listener name -> the address it bound.
-    pub listeners: HashMap<String, SocketAddr>,
-}
-
-impl Lb {
-    /// Starts ringlb and waits for `ringlb running`.
-    pub fn start(config: &str) -> Lb {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "ringlb-health-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let file = dir.join("ringlb.toml");
-        std::fs::write(&file, config).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringlb"))
-            .args(["run", "-c"])
-            .arg(&file)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ringlb");
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), line));
-            }
-        });
-        let mut lb = Lb { child, dir, lines, listeners: HashMap::new() };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while lb.find("ringlb running with").is_none() {
-            if Instant::now() > deadline || lb.child.try_wait().ok().flatten().is_some() {
-                panic!("ringlb did not start:\n{}", lb.log());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        for (_, line) in lb.lines.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            // `listener NAME bound ADDR -> pool POOL`
-            let Some(rest) = line.split("listener ").nth(1) else { continue };
-            let words: Vec<&str> = rest.split_whitespace().collect();
-            if let [name, "bound", addr, "->", ..] = words[..] {
-                lb.listeners.insert(name.to_owned(), addr.parse().expect("listener address"));
-            }
-        }
-        lb
-    }
-
-    pub fn addr(&self, listener: &str) -> SocketAddr {
-        self.listeners[listener]
-    }
-
-    /// The first log line containing `text`, with the instant it arrived.
-    pub fn find(&self, text: &str) -> Option<(Instant, String)> {
-        self.lines.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(_, line)| line.contains(text)).cloned()
-    }
-
-    /// Waits up to `within` for a log line containing `text`.
-    pub async fn wait_for(&self, text: &str, within: Duration) -> (Instant, String) {
-        match poll(within, || self.find(text)).await {
-            Some(found) => found,
-            None => panic!("no log line with {text:?} within {within:?}:\n{}", self.log()),
-        }
-    }
-
-    pub fn count(&self, text: &str) -> usize {
-        self.lines.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|(_, line)| line.contains(text)).count()
-    }
-
-    pub fn log(&self) -> String {
-        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        lines.iter().map(|(_, line)| line.as_str()).collect::<Vec<_>>().join("\n")
-    }
-}
-
-impl Drop for Lb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 // ---- test backends ----
 
