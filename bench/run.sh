@@ -10,7 +10,10 @@
 #   TARGETS="..."    subset/order of: direct haproxy haproxy-splice nginx ringlb, and the data-path
 #                    variants ringlb-splice (runtime.splice = "always") and ringlb-copy ("never");
 #                    ringlb itself runs the default, "auto". haproxy-splice-all: HAProxy with
-#                    splice(2) for every transfer (option splice-request, splice-response)
+#                    splice(2) for every transfer (option splice-request, splice-response);
+#                    ringlb-before: the binary at RINGLB_BEFORE (e.g. a build of the previous
+#                    commit), so that a data-path change is measured old against new in one run
+#   RINGLB_BEFORE=PATH  the ringlb binary the ringlb-before target runs
 #   WORKLOADS="..."  subset of: rr-max rr-sweep conn-max bulk hold-10k hold-50k
 #   RATES="..."      offered rates of the rr sweep (requests/s)
 #   REQUIRE="..."    targets that must start and complete every run, or the exit status is 1
@@ -22,7 +25,7 @@ set -euo pipefail
 
 # The variables given, for the report's "command" line (before defaults are filled in).
 GIVEN=""
-for v in QUICK ROUNDS STRESS_ROUNDS TARGETS WORKLOADS RATES REQUIRE BACKEND; do
+for v in QUICK ROUNDS STRESS_ROUNDS TARGETS WORKLOADS RATES REQUIRE BACKEND RINGLB_BEFORE; do
     [[ -n ${!v:-} ]] && GIVEN+=" $v=\"${!v}\""
 done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -230,10 +233,10 @@ start_nginx() {
 # start_ringlb NAME SPLICE: ringlb with runtime.splice = SPLICE. It binds port 0 and reports the
 # real ports on stderr (see the start-up contract).
 start_ringlb() {
-    local name=$1 splice=$2
-    [[ -x $RINGLB_BIN ]] || { fail "$name" "no binary at $RINGLB_BIN"; return; }
+    local name=$1 splice=$2 bin=${3:-$RINGLB_BIN}
+    [[ -x $bin ]] || { fail "$name" "no binary at $bin"; return; }
     SPLICE=$splice fill ringlb.toml 0 0 >"$WORK/$name.toml"
-    start "$name" "$RINGLB_BIN" run -c "$WORK/$name.toml"
+    start "$name" "$bin" run -c "$WORK/$name.toml"
     local pid=$LAST_PID log=$WORK/$name.log i
     for i in $(seq 100); do
         grep -q 'ringlb running with' "$log" && break
@@ -265,6 +268,7 @@ start_target() {
         ringlb) start_ringlb ringlb auto ;;
         ringlb-splice) start_ringlb ringlb-splice always ;;
         ringlb-copy) start_ringlb ringlb-copy never ;;
+        ringlb-before) start_ringlb ringlb-before auto "${RINGLB_BEFORE:-}" ;;
         *) log "unknown target $1"; exit 2 ;;
     esac
 }

@@ -115,9 +115,15 @@ fn ratios(res: &Results, md: &mut String) {
     if res.targets.iter().any(|t| t == "direct") {
         pairs.extend(proxies.iter().map(|p| (p.to_string(), "direct".to_string())));
     }
-    if res.targets.iter().any(|t| t == "ringlb") {
-        for other in proxies.iter().filter(|p| p.as_str() != "ringlb") {
-            pairs.push(("ringlb".into(), other.to_string()));
+    // ringlb against every other proxy; a ringlb-before (the previous binary) against the same
+    // others, so each ratio can be read old beside new.
+    for me in ["ringlb", "ringlb-before"] {
+        if res.targets.iter().any(|t| t == me) {
+            for other in proxies.iter().filter(|p| {
+                !matches!(p.as_str(), "ringlb" | "ringlb-before") || me == "ringlb" && p.as_str() == "ringlb-before"
+            }) {
+                pairs.push((me.into(), other.to_string()));
+            }
         }
     }
     if pairs.is_empty() {
