@@ -160,7 +160,7 @@ impl Worker {
     /// Brings every acceptor to the state the limits, back-off and shutdown call for.
     pub(super) fn update_accepts(&mut self) {
         let room = self.accept_room();
-        let table = self.table.load_full();
+        let table = self.table.load();
         for i in 0..self.acceptors.len() {
             let listener = &self.acceptors[i].listener;
             // A listener without a route is one a reload removed: it is about to be retired.
