@@ -22,7 +22,7 @@
 //!   bulk transfers spliced (io-wq); see `runtime.splice`. A connection's whole life (open,
 //!   connect, proxying, replay, teardown) is in `datapath::conn`; one direction's pure state
 //!   machine in `datapath::flow`.
-//!   It depends on [`config`], [`table`], [`metrics`] and nothing in the control plane.
+//!   It depends on [`config`], [`table`], [`metrics`], [`uring`] and nothing in the control plane.
 //! - [`table`]: the backend table, one immutable snapshot behind arc-swap of everything a worker
 //!   reads per connection: pools, servers, listener routes, limits, `[runtime]` settings.
 //! - [`config`]: TOML -> raw serde structs -> validated typed config, errors as `file:line:col`.
@@ -33,6 +33,8 @@
 //!   operators' drain/disable/enable).
 //! - [`metrics`]: every metric name, the counter blocks the workers and the prober write (each
 //!   worker in lines of its own), and the Prometheus scrape that sums them.
+//! - [`uring`]: io_uring plumbing both the workers and the prober use (ring set-up and its
+//!   fallbacks, `user_data` fields, the connect chain); it imports neither.
 //! - [`admin`]: the admin API thread on `[admin] bind`: `/metrics`, `/live`, `/ready`, `/api/...`.
 //!
 //! # Glossary
@@ -55,3 +57,4 @@ pub mod health;
 pub mod metrics;
 pub mod reload;
 pub mod table;
+pub mod uring;

@@ -1,6 +1,6 @@
 //! The one place that says what a completion's `user_data` means.
 //!
-//! Layout (64 bits): `[ gen: 32 | slot: 24 | op: 8 ]`.
+//! Layout (64 bits): `[ gen: 32 | slot: 24 | op: 8 ]`, declared as [`crate::uring::Field`]s.
 //! - `op` names the operation that completed ([`Op`]).
 //! - `slot` is the connection slot for connection operations, the listener index for accepts,
 //!   and 0 for worker-level operations (tick, wake, close).
@@ -9,6 +9,11 @@
 
 use super::direction::Dir;
 use super::flow::FlowOp;
+use crate::uring::{Field, OpKind};
+
+const OP: Field = Field::new(0, 8);
+const SLOT: Field = Field::new(8, 24);
+const GEN: Field = Field::new(32, 32);
 
 /// What an in-flight operation was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,26 +109,29 @@ impl Op {
             _ => return None,
         })
     }
+}
 
-    fn from_u8(v: u8) -> Option<Op> {
-        Op::ALL.iter().copied().find(|op| *op as u8 == v)
+impl OpKind for Op {
+    const KINDS: &'static [Op] = &Op::ALL;
+
+    fn code(self) -> u64 {
+        self as u64
     }
 }
 
 /// Largest slot index representable in `user_data`.
-pub const MAX_SLOT: u32 = (1 << 24) - 1;
+pub const MAX_SLOT: u32 = SLOT.max() as u32;
 
 #[inline]
 pub fn encode(op: Op, slot: u32, gen: u32) -> u64 {
-    debug_assert!(slot <= MAX_SLOT);
-    (u64::from(gen) << 32) | (u64::from(slot) << 8) | op as u64
+    GEN.pack(u64::from(gen)) | SLOT.pack(u64::from(slot)) | OP.pack(op.code())
 }
 
 /// Splits `user_data` into (op, slot, gen); `None` for a value ringlb never submitted.
 #[inline]
 pub fn decode(user_data: u64) -> Option<(Op, u32, u32)> {
-    let op = Op::from_u8((user_data & 0xff) as u8)?;
-    Some((op, ((user_data >> 8) & u64::from(MAX_SLOT)) as u32, (user_data >> 32) as u32))
+    let op = Op::from_code(OP.unpack(user_data))?;
+    Some((op, SLOT.unpack(user_data) as u32, GEN.unpack(user_data) as u32))
 }
 
 #[cfg(test)]

@@ -15,12 +15,14 @@
 //!
 //! Files: `state` (hysteresis, pure), `schedule` (when each server is checked, pure), `checks`
 //! (what each kind of check sends and how it judges the reply, pure), `ring` (the checks' I/O on
-//! one io_uring), `commands` (the operator commands and their channel), `prober` (the thread, the
-//! registry of every server's health, publishing and logging).
+//! one io_uring), `commands` (the operator commands and their channel), `prober` (the thread, its
+//! event loop and the checks of one configuration), `registry` (every server's health, the single
+//! writer that builds, publishes and logs the table).
 
 mod checks;
 mod commands;
 mod prober;
+mod registry;
 mod ring;
 mod schedule;
 mod state;

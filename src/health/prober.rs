@@ -21,6 +21,11 @@
 //! drains it every tick. Operator commands and reloads arrive on channels of their own, read every
 //! tick, and are answered once published. The prober never blocks the workers and never touches a
 //! connection. It records each check's duration and each transition in the server's metric block.
+//!
+//! This file is the thread and its schedule: [`Prober`] and [`RunningProber`], the event loop, the
+//! checks of one configuration and when each runs. What a result means for a server, and the
+//! table built from every server's health, are the registry's (`registry`). The tests of this
+//! file are in `prober/tests.rs`.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,28 +33,22 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use crossbeam::channel::Receiver;
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
-use super::checks::{self, CheckFailure, Probe};
-use super::commands::{AdminState, CommandError, Request, ServerChange, ServerCommand, ServerControl};
+use super::checks::Probe;
+use super::commands::{Request, ServerControl};
+use super::registry::{all_down_policy, CheckDone, Registry};
 use super::ring::{CheckRing, Event, Target};
 use super::schedule::{self, Rng, Schedule};
-use super::state::{Health, ServerHealth, Thresholds};
-use crate::config::{Config, HealthCheck, InitialState, OnAllDown};
-use crate::metrics::{HealthView, Metrics};
-use crate::table::{
-    BackendTable, ConnectOutcome, ConnectReport, PassiveReports, PoolHandles, ServerState, SharedTable, TableError,
-};
+use crate::config::{Config, HealthCheck};
+use crate::metrics::Metrics;
+use crate::table::{ConnectReport, PassiveReports, SharedTable, TableError};
 
 /// Capacity of the passive-report channel, which is drained every tick: a tick's worth of
 /// connects at over 1.6 million per second. Beyond it reports are dropped, never waited for.
 const PASSIVE_CAPACITY: usize = 16 * 1024;
-/// The first version published with the server list of the configuration. Reports about an
-/// older version would name servers by indices of another list (a reload raises this).
-const FIRST_VERSION: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
@@ -93,14 +92,6 @@ struct CheckSpec {
     interval: Duration,
 }
 
-/// One finished check.
-struct CheckDone {
-    pool: usize,
-    server: usize,
-    result: Result<(), CheckFailure>,
-    took: Duration,
-}
-
 impl Prober {
     /// The prober of `config`'s servers, which count in `metrics`' blocks.
     pub fn new(config: &Config, metrics: &Arc<Metrics>) -> Result<Prober, HealthError> {
@@ -113,7 +104,7 @@ impl Prober {
 
     /// The table the prober writes and the workers read.
     pub fn table(&self) -> SharedTable {
-        self.registry.table.clone()
+        self.registry.table()
     }
 
     /// Where the admin API sends server commands.
@@ -123,10 +114,10 @@ impl Prober {
 
     /// Starts the `ringlb-prober` thread.
     pub fn spawn(self) -> Result<RunningProber, HealthError> {
-        for (pool, config) in self.registry.config.pools.iter().enumerate() {
+        for (pool, config) in self.registry.config().pools.iter().enumerate() {
             let checked = self.checks.iter().filter(|c| c.pool == pool).count();
             info!("pool {}: {}", config.name, describe(config, checked));
-            if self.registry.pools[pool].all_down_since.is_some() {
+            if self.registry.all_down(pool) {
                 warn!("pool {}: every server is down until its checks pass; {}", config.name, all_down_policy(config));
             }
         }
@@ -354,53 +345,6 @@ fn describe(pool: &crate::config::PoolConfig, checked: usize) -> String {
     )
 }
 
-/// The health records and shared handles of `config`'s pools, carried over from `old` for the
-/// servers and pools that stay; metric blocks come from `metrics` by name.
-fn records(
-    config: &Config,
-    passive: &PassiveReports,
-    old: Option<&Registry>,
-    metrics: &Metrics,
-) -> (Vec<PoolHandles>, Vec<PoolRecord>) {
-    let mut handles = Vec::new();
-    let mut pools = Vec::new();
-    for pool in &config.pools {
-        let h = &pool.health;
-        let active = h.check != HealthCheck::None;
-        let before = old.and_then(|r| {
-            let i = r.config.pools.iter().position(|p| p.name == pool.name)?;
-            Some((&r.config.pools[i], &r.pools[i], &r.handles[i]))
-        });
-        let servers: Vec<ServerRecord> = pool
-            .servers
-            .iter()
-            .map(|server| {
-                let checked = active && server.check;
-                let kept = before.and_then(|(old_pool, old_records, _)| {
-                    let i =
-                        old_pool.servers.iter().position(|o| o.name == server.name && o.resolved == server.resolved)?;
-                    let record = &old_records.servers[i];
-                    (record.checked == checked).then(|| record.clone())
-                });
-                kept.unwrap_or_else(|| {
-                    let health = ServerHealth::new(initial_health(pool, checked));
-                    ServerRecord { health, checked, admin: AdminState::Active, last_check: None, up_since: None }
-                })
-            })
-            .collect();
-        let counters = before.map(|(_, _, handles)| handles.counters.clone()).unwrap_or_default();
-        let passive = (h.passive_fall > 0).then(|| passive.clone());
-        let pool_handles = PoolHandles { passive, counters, ..PoolHandles::with_metrics(pool, metrics) };
-        for (record, stats) in servers.iter().zip(&pool_handles.servers) {
-            stats.set_health(record.health_view());
-        }
-        handles.push(pool_handles);
-        let thresholds = Thresholds { rise: h.rise, fall: h.fall, passive_fall: h.passive_fall };
-        pools.push(PoolRecord { thresholds, servers, all_down_since: None });
-    }
-    (handles, pools)
-}
-
 /// One check per checked server of `config`, and what each does.
 fn check_specs(config: &Config) -> (Vec<CheckSpec>, Vec<Target>) {
     let (mut checks, mut targets) = (Vec::new(), Vec::new());
@@ -414,587 +358,5 @@ fn check_specs(config: &Config) -> (Vec<CheckSpec>, Vec<Target>) {
     (checks, targets)
 }
 
-/// What new clients of `pool` get while every server is down.
-fn all_down_policy(pool: &crate::config::PoolConfig) -> &'static str {
-    match pool.health.on_all_down {
-        OnAllDown::Reject => "new clients are rejected",
-        OnAllDown::FailOpen => "new clients go to any server (fail-open)",
-    }
-}
-
-/// Every server's health, and the table built from it.
-struct Registry {
-    config: Config,
-    table: SharedTable,
-    handles: Vec<PoolHandles>,
-    pools: Vec<PoolRecord>,
-    version: u64,
-    /// Passive reports about older snapshots are ignored: a reload may have moved the indices.
-    min_report_version: u64,
-    /// The sender handed to every pool with passive detection.
-    passive: PassiveReports,
-    /// Transitions since the last publish, logged right after it.
-    pending: Vec<Transition>,
-    /// An operator command changed a server's state since the last publish.
-    commanded: bool,
-    /// Where pools and servers (also those a reload adds) find their metric blocks.
-    metrics: Arc<Metrics>,
-}
-
-struct PoolRecord {
-    thresholds: Thresholds,
-    servers: Vec<ServerRecord>,
-    /// Set while the published table has every server down: the pool's counter at that moment.
-    all_down_since: Option<u64>,
-}
-
-#[derive(Clone)]
-struct ServerRecord {
-    health: ServerHealth,
-    /// False for `check = false` and pools without checks: always up, traffic reports ignored.
-    checked: bool,
-    /// What an operator set (see `commands`).
-    admin: AdminState,
-    last_check: Option<Duration>,
-    /// When the server last came back up (slow start ramps its weight from then).
-    up_since: Option<std::time::Instant>,
-}
-
-impl ServerRecord {
-    fn state(&self) -> ServerState {
-        match (self.admin, self.health.health()) {
-            (AdminState::Draining, _) => ServerState::Draining,
-            (AdminState::Disabled, _) => ServerState::Disabled,
-            (AdminState::Active, Health::Up) => ServerState::Up,
-            (AdminState::Active, Health::Down) => ServerState::Down,
-        }
-    }
-
-    fn health_view(&self) -> HealthView {
-        match (self.admin, self.health.health()) {
-            (AdminState::Disabled, _) => HealthView::Unknown,
-            (_, Health::Up) => HealthView::Up,
-            (_, Health::Down) => HealthView::Down,
-        }
-    }
-}
-
-struct Transition {
-    pool: usize,
-    server: usize,
-    from: Health,
-    to: Health,
-    reason: String,
-}
-
-impl Registry {
-    /// The health of every server before any check, published as the first table.
-    fn new(config: &Config, passive: PassiveReports, metrics: &Arc<Metrics>) -> Result<Registry, HealthError> {
-        let (handles, pools) = records(config, &passive, None, metrics);
-        let mut registry = Registry {
-            config: config.clone(),
-            table: Arc::new(ArcSwap::from_pointee(BackendTable::default())),
-            handles,
-            pools,
-            version: FIRST_VERSION,
-            min_report_version: FIRST_VERSION,
-            passive,
-            pending: Vec::new(),
-            commanded: false,
-            metrics: Arc::clone(metrics),
-        };
-        let first = registry.build(None)?;
-        for (p, pool) in first.pools.iter().enumerate() {
-            if pool.all_down {
-                registry.pools[p].all_down_since = Some(registry.all_down_count(p));
-            }
-        }
-        registry.table.store(Arc::new(first));
-        Ok(registry)
-    }
-
-    /// Takes a new configuration: servers that stay (same pool, name and address) keep their
-    /// health, drain state and slow-start clock, new ones start at `initial_state`, and pools keep
-    /// their shared counters by name. Publishes the new table at once; on error nothing changes.
-    fn reload(&mut self, config: &Config) -> Result<(), TableError> {
-        let (handles, pools) = records(config, &self.passive, Some(self), &self.metrics);
-        let previous = std::mem::replace(
-            self,
-            Registry {
-                config: config.clone(),
-                table: self.table.clone(),
-                handles,
-                pools,
-                version: self.version + 1,
-                min_report_version: self.version + 1,
-                passive: self.passive.clone(),
-                pending: Vec::new(),
-                commanded: false,
-                metrics: Arc::clone(&self.metrics),
-            },
-        );
-        let current = self.table.load_full();
-        match self.build(Some(&current)) {
-            Ok(table) => {
-                for (p, pool) in table.pools.iter().enumerate() {
-                    self.pools[p].all_down_since = pool.all_down.then(|| self.all_down_count(p));
-                }
-                self.table.store(Arc::new(table));
-                Ok(())
-            }
-            Err(e) => {
-                *self = previous;
-                Err(e)
-            }
-        }
-    }
-
-    fn build(&self, previous: Option<&BackendTable>) -> Result<BackendTable, TableError> {
-        // The records are indexed like the config's pools and servers.
-        BackendTable::build(&self.config, self.version, &self.handles, previous, |p, s| {
-            let record = &self.pools[p].servers[s];
-            (record.state(), record.up_since)
-        })
-    }
-
-    fn on_check(&mut self, done: CheckDone) {
-        let CheckDone { pool: p, server: s, result, took } = done;
-        let Some(pool) = self.pools.get_mut(p) else { return };
-        let thresholds = pool.thresholds;
-        let Some(record) = pool.servers.get_mut(s) else { return };
-        record.last_check = Some(took);
-        if let Some(stats) = self.handles.get(p).and_then(|h| h.servers.get(s)) {
-            stats.record_check(took);
-        }
-        if let Err(failure) = &result {
-            // Every failure, also those that do not (yet) change the state: RUST_LOG=debug.
-            let (pool, server) = (&self.config.pools[p].name, &self.config.pools[p].servers[s].name);
-            debug!("pool {pool} server {server}: check failed: {failure}; took {:.1}ms", took.as_secs_f64() * 1000.0);
-        }
-        if record.admin == AdminState::Disabled {
-            return;
-        }
-        let from = record.health.health();
-        let Some(to) = record.health.on_check(result.is_ok(), &thresholds) else { return };
-        if to == Health::Up {
-            record.up_since = Some(std::time::Instant::now());
-        }
-        let reason = match result {
-            Ok(()) => format!("{} consecutive checks passed", thresholds.rise),
-            Err(failure) => failure.to_string(),
-        };
-        self.pending.push(Transition { pool: p, server: s, from, to, reason });
-    }
-
-    fn on_report(&mut self, report: ConnectReport) {
-        if report.version < self.min_report_version {
-            return;
-        }
-        let (p, s) = (report.pool as usize, report.server as usize);
-        let Some(pool) = self.pools.get_mut(p) else { return };
-        let thresholds = pool.thresholds;
-        let Some(record) = pool.servers.get_mut(s).filter(|r| r.checked && r.admin != AdminState::Disabled) else {
-            return;
-        };
-        let from = record.health.health();
-        let connected = report.outcome == ConnectOutcome::Connected;
-        let Some(to) = record.health.on_connect(connected, &thresholds) else { return };
-        let last = match report.outcome {
-            ConnectOutcome::Failed(errno) => checks::connect_error_text(errno),
-            ConnectOutcome::TimedOut | ConnectOutcome::Connected => "connect timeout".to_owned(),
-        };
-        let reason = format!("passive: {} consecutive connect failures (last: {last})", thresholds.passive_fall);
-        self.pending.push(Transition { pool: p, server: s, from, to, reason });
-    }
-
-    /// Applies an operator command; the caller publishes, then sends the answer.
-    #[allow(clippy::type_complexity)]
-    fn on_command(
-        &mut self,
-        request: Request,
-    ) -> (tokio::sync::oneshot::Sender<Result<ServerChange, CommandError>>, Result<ServerChange, CommandError>) {
-        let Request { pool, server, command, reply } = request;
-        let result = self.command(pool, server, command);
-        (reply, result)
-    }
-
-    fn command(&mut self, pool: String, server: String, command: ServerCommand) -> Result<ServerChange, CommandError> {
-        let Some(p) = self.config.pools.iter().position(|c| c.name == pool) else {
-            return Err(CommandError::NoSuchPool(pool));
-        };
-        let Some(s) = self.config.pools[p].servers.iter().position(|c| c.name == server) else {
-            return Err(CommandError::NoSuchServer { pool, server });
-        };
-        let initial = initial_health(&self.config.pools[p], self.pools[p].servers[s].checked);
-        let record = &mut self.pools[p].servers[s];
-        let before = record.state();
-        match command {
-            ServerCommand::Drain => record.admin = AdminState::Draining,
-            ServerCommand::Disable => record.admin = AdminState::Disabled,
-            ServerCommand::Enable => {
-                if record.admin == AdminState::Disabled {
-                    // Its health is unknown after the checks were ignored: start over.
-                    record.health = ServerHealth::new(initial);
-                    record.up_since = (initial == Health::Up).then(std::time::Instant::now);
-                }
-                record.admin = AdminState::Active;
-            }
-        }
-        let (state, health) = (record.state(), record.health_view());
-        if let Some(stats) = self.handles[p].servers.get(s) {
-            stats.set_health(health);
-        }
-        if state != before {
-            self.commanded = true;
-            info!("pool {pool} server {server}: {} -> {} (admin API)", before.name(), state.name());
-        }
-        Ok(ServerChange { pool, server, state, health })
-    }
-
-    /// Publishes a new table if anything changed, then logs what did.
-    fn publish(&mut self) {
-        if self.pending.is_empty() && !self.commanded {
-            return;
-        }
-        self.commanded = false;
-        self.version += 1;
-        let current = self.table.load_full();
-        let table = match self.build(Some(&current)) {
-            Ok(table) => table,
-            Err(e) => {
-                // Unreachable with a validated config; keep serving from the current table.
-                error!("cannot publish a new backend table: {e}");
-                return;
-            }
-        };
-        let all_down: Vec<bool> = table.pools.iter().map(|p| p.all_down).collect();
-        self.table.store(Arc::new(table));
-        for t in std::mem::take(&mut self.pending) {
-            if let Some(stats) = self.handles[t.pool].servers.get(t.server) {
-                stats.transition(t.to == Health::Up);
-                stats.set_health(self.pools[t.pool].servers[t.server].health_view());
-            }
-            self.log(&t);
-        }
-        for (p, down) in all_down.into_iter().enumerate() {
-            let name = &self.config.pools[p].name;
-            let policy = self.config.pools[p].health.on_all_down;
-            let count = self.all_down_count(p);
-            let pool = &mut self.pools[p];
-            match (pool.all_down_since, down) {
-                (None, true) => {
-                    warn!("pool {name}: every server is down; {}", all_down_policy(&self.config.pools[p]));
-                    pool.all_down_since = Some(count);
-                }
-                (Some(before), false) => {
-                    let what = match policy {
-                        OnAllDown::Reject => "rejected",
-                        OnAllDown::FailOpen => "sent to a server anyway",
-                    };
-                    let clients = count.saturating_sub(before);
-                    info!(
-                        "pool {name}: a server is up again; {clients} clients were {what} while every server was down"
-                    );
-                    pool.all_down_since = None;
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// The all-down counter of pool `p` that its policy raises.
-    fn all_down_count(&self, p: usize) -> u64 {
-        let counters = &self.handles[p].counters;
-        let counter = match self.config.pools[p].health.on_all_down {
-            OnAllDown::Reject => &counters.rejected,
-            OnAllDown::FailOpen => &counters.failed_open,
-        };
-        counter.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// `pool web server app2: up -> down: connect refused; last check took 0.2ms`.
-    fn log(&self, t: &Transition) {
-        let pool = &self.config.pools[t.pool];
-        let server = &pool.servers[t.server].name;
-        let took = match self.pools[t.pool].servers[t.server].last_check {
-            Some(took) => format!("last check took {:.1}ms", took.as_secs_f64() * 1000.0),
-            None => "no check yet".to_owned(),
-        };
-        let (pool, from, to, reason) = (&pool.name, t.from.name(), t.to.name(), &t.reason);
-        match t.to {
-            Health::Down => warn!("pool {pool} server {server}: {from} -> {to}: {reason}; {took}"),
-            Health::Up => info!("pool {pool} server {server}: {from} -> {to}: {reason}; {took}"),
-        }
-    }
-}
-
-/// A server's health at start-up (or when a reload adds it), and again when it is enabled after
-/// being disabled.
-fn initial_health(pool: &crate::config::PoolConfig, checked: bool) -> Health {
-    match pool.health.initial_state {
-        InitialState::Down if checked => Health::Down,
-        _ => Health::Up,
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-    use ServerState::{Down, Up};
-
-    /// Pools sort by name: `plain` (no checks, one server) is pool 0, `web` pool 1.
-    const PLAIN: usize = 0;
-    const WEB: usize = 1;
-    const REFUSED: ConnectOutcome = ConnectOutcome::Failed(libc::ECONNREFUSED);
-
-    /// Pool `web` (tcp, rise 2, fall 3, passive_fall 3 unless `health` says otherwise): servers
-    /// a, b checked, c with `check = false`; pool `plain` without checks.
-    fn config(health: &str) -> Config {
-        let text = format!(
-            "[listeners.web]\nbind = \"127.0.0.1:0\"\npool = \"web\"\n[pools.web.health]\n{health}\n\
-             [[pools.web.servers]]\naddr = \"127.0.0.1:9001\"\nname = \"a\"\n\
-             [[pools.web.servers]]\naddr = \"127.0.0.1:9002\"\nname = \"b\"\n\
-             [[pools.web.servers]]\naddr = \"127.0.0.1:9003\"\nname = \"c\"\ncheck = false\n\
-             [pools.plain.health]\ncheck = \"none\"\n[[pools.plain.servers]]\naddr = \"127.0.0.1:9004\"\n"
-        );
-        crate::config::parse(&text, Path::new("x.toml")).expect("valid config")
-    }
-
-    fn prober(config: &Config) -> Prober {
-        Prober::new(config, &Arc::new(Metrics::new(config))).expect("valid pools")
-    }
-
-    fn registry(health: &str) -> (Registry, SharedTable) {
-        let Prober { registry, .. } = prober(&config(health));
-        let table = registry.table.clone();
-        (registry, table)
-    }
-
-    fn states(table: &SharedTable, pool: usize) -> Vec<ServerState> {
-        table.load().pools[pool].servers.iter().map(|s| s.state).collect()
-    }
-
-    /// One check result for a server of `web`, then a publish.
-    fn check(registry: &mut Registry, server: usize, passed: bool) {
-        let result = if passed { Ok(()) } else { Err(CheckFailure::Refused) };
-        registry.on_check(CheckDone { pool: WEB, server, result, took: Duration::from_millis(1) });
-        registry.publish();
-    }
-
-    fn report(server: u32, outcome: ConnectOutcome) -> ConnectReport {
-        ConnectReport { version: FIRST_VERSION, pool: WEB as u32, server, outcome }
-    }
-
-    #[test]
-    fn the_first_table_follows_initial_state_and_check_settings() {
-        let prober = prober(&config("initial_state = \"down\""));
-        let table = prober.table();
-        assert_eq!(table.load().version, FIRST_VERSION);
-        assert_eq!(states(&table, PLAIN), [Up]);
-        // Unchecked servers are always up, so the pool is not all down.
-        assert_eq!(states(&table, WEB), [Down, Down, Up]);
-        assert!(!table.load().pools[WEB].all_down);
-        let checked: Vec<_> = prober.checks.iter().map(|c| (c.pool, c.server)).collect();
-        assert_eq!(checked, [(WEB, 0), (WEB, 1)]);
-        // Passive reports only where passive detection is on.
-        let passive: Vec<bool> = table.load().pools.iter().map(|p| p.passive.is_some()).collect();
-        assert_eq!(passive, [false, true]);
-    }
-
-    #[test]
-    fn a_change_publishes_one_new_snapshot_and_no_change_publishes_none() {
-        let (mut registry, table) = registry("");
-        check(&mut registry, 0, false);
-        check(&mut registry, 0, false);
-        check(&mut registry, 1, true);
-        assert_eq!(table.load().version, FIRST_VERSION, "nothing changed yet");
-        check(&mut registry, 0, false);
-        assert_eq!(table.load().version, FIRST_VERSION + 1);
-        assert_eq!(states(&table, WEB), [Down, Up, Up]);
-        check(&mut registry, 0, true);
-        check(&mut registry, 0, true);
-        assert_eq!(table.load().version, FIRST_VERSION + 2);
-        assert_eq!(states(&table, WEB), [Up, Up, Up]);
-    }
-
-    #[test]
-    fn changes_applied_together_publish_together() {
-        let (mut registry, table) = registry("fall = 1");
-        for server in [0, 1] {
-            let result = Err(CheckFailure::Timeout(Duration::from_secs(2)));
-            registry.on_check(CheckDone { pool: WEB, server, result, took: Duration::from_secs(2) });
-        }
-        registry.publish();
-        assert_eq!(states(&table, WEB), [Down, Down, Up]);
-        assert_eq!(table.load().version, FIRST_VERSION + 1);
-    }
-
-    #[test]
-    fn passive_failures_take_a_server_down_without_a_check() {
-        let (mut registry, table) = registry("");
-        for outcome in [REFUSED, ConnectOutcome::Connected, REFUSED, ConnectOutcome::TimedOut] {
-            registry.on_report(report(1, outcome));
-        }
-        registry.publish();
-        assert_eq!(states(&table, WEB), [Up, Up, Up]);
-        registry.on_report(report(1, REFUSED));
-        registry.on_report(report(0, REFUSED));
-        registry.publish();
-        assert_eq!(states(&table, WEB), [Up, Down, Up]);
-        assert_eq!(table.load().version, FIRST_VERSION + 1);
-        // The checks bring it back.
-        check(&mut registry, 1, true);
-        check(&mut registry, 1, true);
-        assert_eq!(states(&table, WEB), [Up, Up, Up]);
-    }
-
-    #[test]
-    fn reports_that_cannot_name_a_checked_server_are_ignored() {
-        let (mut registry, table) = registry("passive_fall = 1");
-        let web = WEB as u32;
-        let ignored = [
-            // From a table older than this server list.
-            ConnectReport { version: 0, pool: web, server: 0, outcome: REFUSED },
-            // About a server that is never checked: nothing would bring it back.
-            ConnectReport { version: FIRST_VERSION, pool: web, server: 2, outcome: REFUSED },
-            // Indices that do not exist.
-            ConnectReport { version: FIRST_VERSION, pool: web, server: 9, outcome: REFUSED },
-            ConnectReport { version: FIRST_VERSION, pool: 7, server: 0, outcome: REFUSED },
-            // A pool without checks.
-            ConnectReport { version: FIRST_VERSION, pool: PLAIN as u32, server: 0, outcome: REFUSED },
-        ];
-        for report in ignored {
-            registry.on_report(report);
-        }
-        registry.publish();
-        assert_eq!(states(&table, WEB), [Up, Up, Up]);
-        assert_eq!(states(&table, PLAIN), [Up]);
-        assert_eq!(table.load().version, FIRST_VERSION);
-        // The same report from the current list counts.
-        registry.on_report(report(0, REFUSED));
-        registry.publish();
-        assert_eq!(states(&table, WEB), [Down, Up, Up]);
-    }
-
-    #[test]
-    fn every_server_down_is_tracked_with_the_pool_counter() {
-        let text = "[listeners.web]\nbind = \"127.0.0.1:0\"\npool = \"web\"\n[pools.web.health]\nfall = 1\n\
-                    [[pools.web.servers]]\naddr = \"127.0.0.1:9001\"\n";
-        let config = crate::config::parse(text, Path::new("x.toml")).expect("valid");
-        let Prober { mut registry, .. } = prober(&config);
-        let table = registry.table.clone();
-        let check = |registry: &mut Registry, passed| {
-            let result = if passed { Ok(()) } else { Err(CheckFailure::Refused) };
-            registry.on_check(CheckDone { pool: 0, server: 0, result, took: Duration::from_millis(1) });
-            registry.publish();
-        };
-        check(&mut registry, false);
-        assert!(table.load().pools[0].all_down);
-        assert_eq!(registry.pools[0].all_down_since, Some(0));
-        table.load().pools[0].count_all_down();
-        table.load().pools[0].count_all_down();
-        assert_eq!(registry.all_down_count(0), 2);
-        check(&mut registry, true);
-        check(&mut registry, true);
-        assert!(!table.load().pools[0].all_down);
-        assert_eq!(registry.pools[0].all_down_since, None);
-    }
-
-    fn command(registry: &mut Registry, server: &str, command: ServerCommand) -> Result<ServerChange, CommandError> {
-        let result = registry.command("web".to_owned(), server.to_owned(), command);
-        registry.publish();
-        result
-    }
-
-    #[test]
-    fn drain_and_enable_publish_at_once_and_checks_go_on_meanwhile() {
-        use ServerState::Draining;
-        let (mut registry, table) = registry("fall = 1");
-        let change = command(&mut registry, "a", ServerCommand::Drain).expect("drain");
-        assert_eq!((change.state, change.health), (Draining, HealthView::Up));
-        assert_eq!(states(&table, WEB), [Draining, Up, Up]);
-        assert_eq!(table.load().version, FIRST_VERSION + 1);
-        // Draining twice changes nothing, so publishes nothing.
-        command(&mut registry, "a", ServerCommand::Drain).expect("drain again");
-        assert_eq!(table.load().version, FIRST_VERSION + 1);
-        // Its checks still count: it fails one while drained, and comes back down.
-        check(&mut registry, 0, false);
-        assert_eq!(states(&table, WEB), [Draining, Up, Up]);
-        let change = command(&mut registry, "a", ServerCommand::Enable).expect("enable");
-        assert_eq!((change.state, change.health), (Down, HealthView::Down));
-        assert_eq!(states(&table, WEB), [Down, Up, Up]);
-    }
-
-    #[test]
-    fn a_disabled_server_ignores_its_checks_and_starts_over_when_enabled() {
-        use ServerState::Disabled;
-        let (mut registry, table) = registry("fall = 1\npassive_fall = 1\ninitial_state = \"down\"");
-        check(&mut registry, 1, true);
-        check(&mut registry, 1, true);
-        assert_eq!(states(&table, WEB), [Down, Up, Up]);
-        let change = command(&mut registry, "b", ServerCommand::Disable).expect("disable");
-        assert_eq!((change.state, change.health), (Disabled, HealthView::Unknown));
-        check(&mut registry, 1, false);
-        registry.on_report(report(1, REFUSED));
-        registry.publish();
-        assert_eq!(states(&table, WEB), [Down, Disabled, Up]);
-        // The checks are still timed.
-        assert_eq!(table.load().pools[WEB].servers[1].stats.checks().count(), 3);
-        // Enabled: down (initial_state) until `rise` checks pass.
-        let change = command(&mut registry, "b", ServerCommand::Enable).expect("enable");
-        assert_eq!((change.state, change.health), (Down, HealthView::Down));
-        check(&mut registry, 1, true);
-        check(&mut registry, 1, true);
-        assert_eq!(states(&table, WEB), [Down, Up, Up]);
-    }
-
-    #[test]
-    fn commands_name_pools_and_servers_exactly() {
-        let (mut registry, table) = registry("");
-        let no_pool = registry.command("nope".to_owned(), "a".to_owned(), ServerCommand::Drain);
-        assert_eq!(no_pool, Err(CommandError::NoSuchPool("nope".to_owned())));
-        let no_server = registry.command("web".to_owned(), "A".to_owned(), ServerCommand::Drain);
-        assert_eq!(no_server, Err(CommandError::NoSuchServer { pool: "web".to_owned(), server: "A".to_owned() }));
-        registry.publish();
-        assert_eq!(table.load().version, FIRST_VERSION);
-    }
-
-    #[test]
-    fn transitions_and_health_are_counted_in_the_servers_metric_block() {
-        let (mut registry, table) = registry("fall = 1");
-        let stats = table.load().pools[WEB].servers[0].stats.clone();
-        assert_eq!(stats.health(), HealthView::Up);
-        check(&mut registry, 0, false);
-        assert_eq!((stats.health(), stats.transitions()), (HealthView::Down, (0, 1)));
-        check(&mut registry, 0, true);
-        check(&mut registry, 0, true);
-        assert_eq!((stats.health(), stats.transitions()), (HealthView::Up, (1, 1)));
-        // The same block in every snapshot.
-        assert!(Arc::ptr_eq(&stats, &table.load().pools[WEB].servers[0].stats));
-    }
-
-    #[test]
-    fn the_running_prober_takes_a_dead_server_down_and_stops_on_request() {
-        let dead = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a closed port");
-        let alive = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let text = format!(
-            "[listeners.web]\nbind = \"127.0.0.1:0\"\npool = \"web\"\n[pools.web.health]\ninterval = \"20ms\"\n\
-             fall = 1\n[[pools.web.servers]]\naddr = \"{dead}\"\n[[pools.web.servers]]\naddr = \"{}\"\n",
-            alive.local_addr().expect("addr")
-        );
-        let config = crate::config::parse(&text, Path::new("x.toml")).expect("valid");
-        let prober = prober(&config);
-        let table = prober.table();
-        let running = prober.spawn().expect("spawn");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while states(&table, 0) != [Down, Up] {
-            assert!(Instant::now() < deadline, "still {:?}", states(&table, 0));
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let version = table.load().version;
-        running.stop();
-        assert_eq!(table.load().version, version, "nothing published after the stop");
-    }
-}
+mod tests;

@@ -10,6 +10,9 @@
 //! them has arrived, its close included, so nothing the kernel may still use is ever reused.
 //! Targets (request bytes, addresses) never move once the ring exists. This file never decides
 //! what a result means for a server; it reports results and idle checks as [`Event`]s.
+//!
+//! The ring's set-up, the `user_data` fields and the connect chain come from [`crate::uring`],
+//! shared with the data path's workers; the send/recv steps and the close are the prober's own.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -18,6 +21,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use socket2::SockAddr;
 
 use super::checks::{self, CheckFailure, Probe};
+use crate::uring::{self, ConnectChain, ConnectUserData, Field, OpKind, RingOptions, SockOpt};
 
 /// SO_LINGER {on, 0}: close sends a reset.
 static LINGER: libc::linger = libc::linger { l_onoff: 1, l_linger: 0 };
@@ -57,7 +61,8 @@ enum Stage {
     Closing,
 }
 
-/// An operation in flight; with the check index it makes the `user_data`: `op << 32 | check`.
+/// An operation in flight; with the check index it makes the `user_data`: `[ op: 32 | check: 32 ]`
+/// ([`OP`], [`CHECK`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 enum Op {
@@ -71,16 +76,27 @@ enum Op {
     Close,
 }
 
+const OP: Field = Field::new(32, 32);
+const CHECK: Field = Field::new(0, 32);
+
+impl OpKind for Op {
+    const KINDS: &'static [Op] = &Op::ALL;
+
+    fn code(self) -> u64 {
+        self as u64
+    }
+}
+
 impl Op {
     const ALL: [Op; 7] = [Op::Socket, Op::SockOpt, Op::Connect, Op::Send, Op::Recv, Op::Timeout, Op::Close];
 
     fn encode(self, check: usize) -> u64 {
-        (self as u64) << 32 | check as u64
+        OP.pack(self.code()) | CHECK.pack(check as u64)
     }
 
     fn decode(user_data: u64) -> Option<(Op, usize)> {
-        let op = Op::ALL.into_iter().find(|&op| op as u64 == user_data >> 32)?;
-        Some((op, (user_data & 0xffff_ffff) as usize))
+        let op = Op::from_code(OP.unpack(user_data))?;
+        Some((op, CHECK.unpack(user_data) as usize))
     }
 }
 
@@ -117,10 +133,11 @@ impl CheckRing {
     pub fn new(targets: Vec<Target>) -> io::Result<CheckRing> {
         // Room for every check's largest step (4 entries) at once: pushing never has to wait.
         let entries = (4 * targets.len()).next_power_of_two().clamp(64, 32_768) as u32;
-        let ring = build_ring(entries)?;
+        let ring = uring::build_ring(RingOptions { entries, cq_entries: None })?;
         if !targets.is_empty() {
             ring.submitter().register_files_sparse(targets.len() as u32)?;
         }
+        // Not in `crate::uring`: the workers must get their io-wq limits, here a refusal is harmless.
         // Nothing here should reach io-wq (every socket is non-blocking); if something does, it
         // gets one kernel thread, not one per check. Older kernels may refuse: no harm.
         let _ = ring.submitter().register_iowq_max_workers(&mut [1, 1]);
@@ -153,41 +170,30 @@ impl CheckRing {
         if !self.is_idle(check) {
             return;
         }
-        let Ok(dest) = types::DestinationSlot::try_from_slot_target(check as u32) else { return };
         let target = &self.targets[check];
         let slot = &mut self.slots[check];
         let now = Instant::now();
+        slot.timespec = types::Timespec::from(target.timeout);
+        let chain = ConnectChain {
+            domain: if target.addr.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET },
+            slot: check as u32,
+            sockopts: [SockOpt::new(libc::SOL_SOCKET, libc::SO_LINGER, &LINGER)],
+            addr: target.addr.as_ptr().cast(),
+            addr_len: target.addr.len(),
+            timeout: &slot.timespec,
+            user_data: ConnectUserData {
+                socket: Op::Socket.encode(check),
+                sockopt: Op::SockOpt.encode(check),
+                connect: Op::Connect.encode(check),
+                timeout: Op::Timeout.encode(check),
+            },
+        };
+        let Some(chain): Option<[squeue::Entry; 4]> = chain.entries() else { return };
         slot.stage = Stage::Connecting;
         slot.started = now;
         slot.deadline = now + target.timeout;
         (slot.socket, slot.sockopt, slot.main, slot.timer, slot.sent) = (0, 0, 0, 0, 0);
         slot.reply.clear();
-        slot.timespec = types::Timespec::from(target.timeout);
-        let file = types::Fixed(check as u32);
-        let link = squeue::Flags::IO_LINK;
-        let domain = if target.addr.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
-        let chain = [
-            opcode::Socket::new(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, libc::IPPROTO_TCP)
-                .file_index(Some(dest))
-                .build()
-                .flags(link)
-                .user_data(Op::Socket.encode(check)),
-            opcode::SetSockOpt::new(
-                file,
-                libc::SOL_SOCKET as u32,
-                libc::SO_LINGER as u32,
-                (&LINGER as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as u32,
-            )
-            .build()
-            .flags(link)
-            .user_data(Op::SockOpt.encode(check)),
-            opcode::Connect::new(file, target.addr.as_ptr().cast(), target.addr.len())
-                .build()
-                .flags(link)
-                .user_data(Op::Connect.encode(check)),
-            opcode::LinkTimeout::new(&slot.timespec).build().user_data(Op::Timeout.encode(check)),
-        ];
         slot.pending = chain.len() as u32;
         self.push(&chain);
     }
@@ -362,16 +368,6 @@ impl CheckRing {
                 }
             }
         }
-    }
-}
-
-fn build_ring(entries: u32) -> io::Result<IoUring> {
-    let fast = IoUring::builder().setup_submit_all().setup_single_issuer().setup_defer_taskrun().build(entries);
-    match fast {
-        Ok(ring) => Ok(ring),
-        // Older kernels lack DEFER_TASKRUN (6.1) or SINGLE_ISSUER (6.0).
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder().setup_submit_all().build(entries),
-        Err(e) => Err(e),
     }
 }
 

@@ -1,8 +1,9 @@
 //! Choosing a server and connecting to it: the pool's balancer picks (with the servers already
-//! tried excluded), the connect chain socket -> setsockopt x2 -> connect runs as one linked
-//! submission under a link timeout, and a failed attempt gives its slot back and tries the next
-//! server. When every server is at its max_connections the client waits in the worker's server
-//! queue (`Waiting::server`) until a slot frees or its `queue_timeout` passes.
+//! tried excluded), the connect chain socket -> setsockopt x2 -> connect (built by
+//! [`crate::uring::ConnectChain`], as the prober's is) runs as one linked submission under a link
+//! timeout, and a failed attempt gives its slot back and tries the next server. When every server
+//! is at its max_connections the client waits in the worker's server queue (`Waiting::server`)
+//! until a slot frees or its `queue_timeout` passes.
 //!
 //! `release_server` is the one place a reserved server slot is given back.
 
@@ -10,13 +11,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use io_uring::{opcode, squeue, types};
+use io_uring::squeue;
 
 use super::{errno_str, CloseCause, Conn, Ctx, Life, Phase};
 use crate::balance::{Pick, WorkerBalanceState};
 use crate::datapath::ops::Op;
 use crate::metrics::ConnectFailure;
 use crate::table::ConnectOutcome;
+use crate::uring::{ConnectChain, ConnectUserData, SockOpt};
 
 static ONE: libc::c_int = 1;
 
@@ -93,29 +95,24 @@ impl Conn {
     fn connect_chain(&mut self, addr: SocketAddr) -> Option<[squeue::Entry; 5]> {
         let (domain, len) = write_sockaddr(addr, &mut self.addr);
         self.addr_len = len;
-        let backend = self.backend;
-        let link = squeue::Flags::IO_LINK;
-        let dest = types::DestinationSlot::try_from_slot_target(backend).ok()?;
-        Some([
-            opcode::Socket::new(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, libc::IPPROTO_TCP)
-                .file_index(Some(dest))
-                .build()
-                .flags(link)
-                .user_data(self.user_data(Op::Socket)),
-            sockopt(backend, libc::IPPROTO_TCP, libc::TCP_NODELAY).flags(link).user_data(self.user_data(Op::SockOpt)),
-            sockopt(backend, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT)
-                .flags(link)
-                .user_data(self.user_data(Op::SockOpt)),
-            opcode::Connect::new(
-                types::Fixed(backend),
-                (&self.addr as *const libc::sockaddr_storage).cast(),
-                self.addr_len,
-            )
-            .build()
-            .flags(link)
-            .user_data(self.user_data(Op::Connect)),
-            opcode::LinkTimeout::new(&self.timeout_ts).build().user_data(self.user_data(Op::ConnectTimeout)),
-        ])
+        ConnectChain {
+            domain,
+            slot: self.backend,
+            sockopts: [
+                SockOpt::new(libc::IPPROTO_TCP, libc::TCP_NODELAY, &ONE),
+                SockOpt::new(libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, &ONE),
+            ],
+            addr: (&self.addr as *const libc::sockaddr_storage).cast(),
+            addr_len: self.addr_len,
+            timeout: &self.timeout_ts,
+            user_data: ConnectUserData {
+                socket: self.user_data(Op::Socket),
+                sockopt: self.user_data(Op::SockOpt),
+                connect: self.user_data(Op::Connect),
+                timeout: self.user_data(Op::ConnectTimeout),
+            },
+        }
+        .entries()
     }
 
     pub(super) fn on_connect_step(&mut self, ctx: &mut Ctx<'_>, op: Op, res: i32) -> Life {
@@ -200,17 +197,6 @@ impl Conn {
         // Re-queues itself when still full.
         self.connect_next(ctx)
     }
-}
-
-fn sockopt(slot: u32, level: libc::c_int, name: libc::c_int) -> squeue::Entry {
-    opcode::SetSockOpt::new(
-        types::Fixed(slot),
-        level as u32,
-        name as u32,
-        (&ONE as *const libc::c_int).cast(),
-        std::mem::size_of::<libc::c_int>() as u32,
-    )
-    .build()
 }
 
 /// Writes `addr` as a C sockaddr; returns (domain, length).

@@ -31,6 +31,7 @@ use super::{Control, DataPathError, ListenerShared, Shared};
 use crate::balance::WorkerBalanceState;
 use crate::metrics::WorkerStats;
 use crate::table::{BackendTable, SharedTable};
+use crate::uring::{self, RingOptions};
 use accept::Acceptor;
 
 /// io-wq threads per worker for unbounded work (socket splices, shutdowns). Every splice is
@@ -407,21 +408,9 @@ impl Worker {
     }
 }
 
+/// The worker's ring: `SQ_ENTRIES` submissions, `CQ_ENTRIES` (four times as many) completions.
 fn build_ring() -> io::Result<IoUring> {
-    let fast = IoUring::builder()
-        .setup_cqsize(CQ_ENTRIES)
-        .setup_submit_all()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .build(SQ_ENTRIES);
-    match fast {
-        Ok(ring) => Ok(ring),
-        // Older kernels lack DEFER_TASKRUN (6.1) or SINGLE_ISSUER (6.0).
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            IoUring::builder().setup_cqsize(CQ_ENTRIES).setup_submit_all().build(SQ_ENTRIES)
-        }
-        Err(e) => Err(e),
-    }
+    uring::build_ring(RingOptions { entries: SQ_ENTRIES, cq_entries: Some(CQ_ENTRIES) })
 }
 
 /// The soft RLIMIT_NOFILE, which caps one ring's registered table.
