@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::locate::KeyPath;
+use super::keypath::KeyPath;
 
 /// What a span is matched against in [`Document::find`].
 #[derive(Clone, Copy)]

@@ -10,6 +10,7 @@
 
 mod document;
 mod duration;
+mod keypath;
 mod locate;
 mod raw;
 mod summary;
@@ -27,7 +28,8 @@ use std::time::Duration;
 use crate::balance::Policy;
 
 pub use duration::DurationError;
-pub use locate::{KeyPath, Position};
+pub use keypath::KeyPath;
+pub use locate::Position;
 
 /// `runtime.workers` when absent; 0 means one worker per online core.
 pub const DEFAULT_WORKERS: usize = 0;

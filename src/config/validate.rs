@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::locate::{KeyPath, Position};
+use super::keypath::KeyPath;
+use super::locate::Position;
 use super::raw::{Int, RawAdmin, RawConfig, RawPool, RawRuntime, RawServer};
 use super::{
     duration, AdminConfig, Config, ListenerConfig, PoolConfig, Problem, Resolve, RuntimeConfig, ServerConfig,
